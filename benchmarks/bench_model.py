@@ -1,0 +1,153 @@
+"""Training-step cost of every attention variant x backend, side by side in one process.
+
+One training step is forward + backward of the MSE against a random target (no optimizer,
+which costs the same for every variant). Configurations are timed round-robin, one step
+each per round, so drifts in machine load hit all of them alike; the table reports the
+median step time, its ratio to vanilla (1.00), and memory:
+
+- on CUDA, the peak allocated memory during the step (torch.cuda.max_memory_allocated);
+- on CPU, the bytes autograd saves for backward during the forward (activation memory,
+  exact and repeatable, which an RSS reading on a shared machine is not).
+
+Examples:
+    python benchmarks/bench_model.py                                 # S/2, 256 tokens, batch 8, CPU fp32
+    python benchmarks/bench_model.py --input-size 64 --batch 2      # 1024 tokens
+    python benchmarks/bench_model.py --device cuda --dtype bf16 --batch 64 --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from sdtgen import SDTDiT
+from sdtgen.models.attention import ATTENTION_VARIANTS
+from sdtgen.models.backends import flex_available
+
+
+def configurations(device: torch.device, include_math: bool) -> list[tuple[str, str]]:
+    backends = ["sdpa"] + (["flex"] if flex_available() and device.type == "cuda" else []) + (["math"] if include_math else [])
+    rows = [("vanilla", "sdpa")]
+    for variant in ATTENTION_VARIANTS[1:]:
+        rows += [(variant, backend) for backend in backends]
+    if device.type == "cuda" and flex_available():
+        rows.insert(1, ("vanilla", "flex"))
+    return rows
+
+
+class SavedBytes:
+    """Counts the bytes autograd keeps for backward while active."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._seen: set[int] = set()
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._seen:  # parameters and views are counted once
+            self._seen.add(storage.data_ptr())
+            self.total += storage.nbytes()
+        return tensor
+
+    def __enter__(self) -> "SavedBytes":
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def training_step(model: SDTDiT, batch: tuple[torch.Tensor, ...], dtype: torch.dtype) -> None:
+    x, t, y, target = batch
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        out = model(x, t, y)
+    torch.nn.functional.mse_loss(out.float(), target).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_memory(model: SDTDiT, batch, dtype: torch.dtype, device: torch.device) -> float:
+    """MiB: peak allocated on CUDA, saved-for-backward bytes on CPU."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        training_step(model, batch, dtype)
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with SavedBytes() as counter:
+        x, t, y, _ = batch
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = model(x, t, y)
+    model.zero_grad(set_to_none=True)
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    del out
+    return max(counter.total - parameter_bytes, 0) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="S/2")
+    parser.add_argument("--input-size", type=int, default=32, help="latent size; tokens = (size / patch)^2")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (after 2 warm-up rounds)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--math", action="store_true", help="also time the reference math backend")
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
+    rows = configurations(device, args.math)
+    models = {}
+    for variant, backend in rows:
+        model = SDTDiT.from_preset(args.preset, attention=variant, attention_backend=backend, input_size=args.input_size)
+        models[variant, backend] = model.to(device).train()
+    out_channels = models[rows[0]].out_channels
+    batch = (
+        torch.randn(args.batch, 4, args.input_size, args.input_size, device=device),
+        torch.randint(0, 1000, (args.batch,), device=device),
+        torch.randint(0, 1000, (args.batch,), device=device),
+        torch.randn(args.batch, out_channels, args.input_size, args.input_size, device=device),
+    )
+    times: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
+    for round_index in range(args.repeats + 2):
+        for row in rows:
+            synchronize(device)
+            start = time.perf_counter()
+            training_step(models[row], batch, dtype)
+            synchronize(device)
+            if round_index >= 2:
+                times[row].append(time.perf_counter() - start)
+    memory = {row: measure_memory(models[row], batch, dtype, device) for row in rows}
+
+    tokens = (args.input_size // models[rows[0]].config.patch_size) ** 2
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    memory_kind = "peak MiB" if device.type == "cuda" else "saved-for-backward MiB"
+    base_time, base_memory = statistics.median(times[rows[0]]), memory[rows[0]]
+    print(f"\n{args.preset}, {tokens} tokens, batch {args.batch}, {args.dtype}, {name}, torch {torch.__version__}, median of {args.repeats}")
+    header = f"| variant | backend | step ms | x vanilla | {memory_kind} | x vanilla |"
+    print(header if args.markdown else header.replace("|", " "))
+    if args.markdown:
+        print("|---|---|---:|---:|---:|---:|")
+    for row in rows:
+        step = statistics.median(times[row])
+        line = f"| {row[0]} | {row[1]} | {step * 1e3:.1f} | {step / base_time:.2f} | {memory[row]:.0f} | {memory[row] / base_memory:.2f} |"
+        print(line if args.markdown else line.replace("|", " "))
+
+
+if __name__ == "__main__":
+    main()

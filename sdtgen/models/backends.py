@@ -1,0 +1,135 @@
+"""Three ways to compute softmax(q k^T / sqrt(D) + M) v with the spatial decay bias M.
+
+- `math`: materialise M and the attention matrix; the readable reference, for tests.
+- `sdpa`: PyTorch's scaled_dot_product_attention with M as a float `attn_mask`
+  (fused kernels on CPU and GPU, gradients flow into M; memory O(B * H * N^2)).
+- `flex`: FlexAttention with a `score_mod` that adds the bias on the fly, so M is never
+  materialised (compiled; forward and backward on GPU, forward only on CPU in torch 2.14).
+
+All take q, k, v of shape (B, H, N, D), `lam` of shape (B or 1, H, N) or None (no bias),
+and the (height, width) token grid in row-major order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from sdtgen.models.decay import decay_bias
+
+BACKENDS = ("auto", "math", "sdpa", "flex")
+
+Grid = tuple[int, int]
+
+
+def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid) -> torch.Tensor:
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if lam is not None:
+        scores = scores + decay_bias(lam, grid).to(scores.dtype)
+    return scores.softmax(dim=-1) @ v
+
+
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid) -> torch.Tensor:
+    mask = None if lam is None else decay_bias(lam, grid).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def flex_available() -> bool:
+    """True when this torch ships FlexAttention (torch >= 2.5)."""
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_compiled_flex: Callable | None = None
+
+
+def _flex_attention() -> Callable:
+    # FlexAttention is only fast (and only lean) when compiled; compile it once per process.
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid) -> torch.Tensor:
+    if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or (lam is not None and lam.requires_grad)):
+        raise RuntimeError(
+            "attention_backend='flex' cannot train on CPU: FlexAttention's backward is not supported "
+            "on CPU in this torch. Use attention_backend='auto' or 'sdpa' for CPU training "
+            "(flex stays available for CPU sampling under torch.no_grad())."
+        )
+    if lam is None:
+        return _flex_attention()(q, k, v)
+    width = grid[1]
+    # A (1, H, N) fixed decay is expanded so the score_mod can index it by batch.
+    lam = lam.expand(q.shape[0], -1, -1).float().contiguous()
+
+    def add_decay(score, b, h, q_idx, kv_idx):
+        distance = (q_idx // width - kv_idx // width).abs() + (q_idx % width - kv_idx % width).abs()
+        return score + 0.5 * (lam[b, h, q_idx] + lam[b, h, kv_idx]) * distance
+
+    return _flex_attention()(q, k, v, score_mod=add_decay)
+
+
+_BACKEND_FUNCTIONS = {"math": attention_math, "sdpa": attention_sdpa, "flex": attention_flex}
+
+
+def resolve_backend(requested: str, has_bias: bool, device: torch.device) -> str:
+    """Pick the concrete backend for `auto`: the fastest path that supports the request.
+
+    Without a bias, SDPA dispatches to flash / memory-efficient kernels and wins everywhere.
+    With a bias, compiled FlexAttention wins on GPU (no N x N tensor); on CPU it cannot
+    train, and SDPA with a float mask is the fast CPU path.
+    """
+    if requested not in BACKENDS:
+        raise ValueError(f"Unknown attention backend {requested!r}; choose one of {', '.join(BACKENDS)}.")
+    if requested != "auto":
+        if requested == "flex" and not flex_available():
+            raise RuntimeError("attention_backend='flex' needs torch >= 2.5 (FlexAttention); use 'sdpa'.")
+        return requested
+    if has_bias and device.type == "cuda" and flex_available():
+        return "flex"
+    return "sdpa"
+
+
+def grid_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid, backend: str
+) -> torch.Tensor:
+    """Attention over a token grid with an optional decay bias, through a concrete backend."""
+    return _BACKEND_FUNCTIONS[backend](q, k, v, lam, grid)
+
+
+def decomposed_grid_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, grid: Grid, backend: str
+) -> torch.Tensor:
+    """SDT's decomposed 2D decay: attention along each row, then along each column.
+
+    Step 1 attends within every row with the horizontal decay |c_i - c_j|; step 2 attends
+    within every column with the vertical decay |r_i - r_j|, using the same q and k and the
+    step-1 output as values (SDT_METHOD.md section 3). Each line is a 1 x L grid, so the
+    same backends apply; lines are folded into the batch dimension.
+    """
+    batch, heads, _, dim = q.shape
+    height, width = grid
+
+    def to_rows(t: torch.Tensor) -> torch.Tensor:  # (B, H, N, *) -> (B * height, H, width, *)
+        t = t.reshape(batch, heads, height, width, -1).transpose(1, 2)
+        return t.reshape(batch * height, heads, width, -1)
+
+    def to_cols(t: torch.Tensor) -> torch.Tensor:  # (B, H, N, *) -> (B * width, H, height, *)
+        t = t.reshape(batch, heads, height, width, -1).permute(0, 3, 1, 2, 4)
+        return t.reshape(batch * width, heads, height, -1)
+
+    lam = lam.expand(batch, -1, -1).unsqueeze(-1)
+    row_out = grid_attention(to_rows(q), to_rows(k), to_rows(v), to_rows(lam).squeeze(-1), (1, width), backend)
+    row_out = row_out.reshape(batch, height, heads, width, dim).transpose(1, 2).reshape(batch, heads, -1, dim)
+    col_out = grid_attention(to_cols(q), to_cols(k), to_cols(row_out), to_cols(lam).squeeze(-1), (1, height), backend)
+    return col_out.reshape(batch, width, heads, height, dim).permute(0, 2, 3, 1, 4).reshape(batch, heads, -1, dim)
