@@ -70,10 +70,12 @@ class TimestepEmbedder(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
-    """Class embeddings with an extra null class (index num_classes) for classifier-free guidance.
+    """Class embeddings plus a null class (index num_classes) for classifier-free guidance.
 
-    During training each label is replaced by the null class with probability `dropout_prob`
-    (DiT uses 0.1); the draw uses torch's global RNG, which the trainer seeds and checkpoints.
+    The null row exists when `dropout_prob > 0`. Unlike DiT, the embedder never drops
+    labels itself: the trainer replaces labels by the null class with its own seeded
+    generator (sdtgen.training), so the model stays deterministic and a run gives the same
+    updates on any number of processes.
     """
 
     def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float) -> None:
@@ -83,7 +85,4 @@ class LabelEmbedder(nn.Module):
         self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        if self.training and self.dropout_prob > 0:
-            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return self.embedding_table(labels)

@@ -1,0 +1,144 @@
+"""The `sdtgen` command: thin subcommands over the library.
+
+Each subcommand is a pair: `add_<name>_parser(subparsers)` declares its arguments and
+`run_<name>(args)` calls library code with them; `SUBCOMMANDS` lists the adders. Errors
+that are the user's (the library raises ValueError or OSError with a message that says
+what to do) become one line `sdtgen <name>: error: ...` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+
+from sdtgen.models.attention import ATTENTION_VARIANTS
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (argparse adds the usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+CONVERT_EPILOG = """\
+sources:
+  --from dit        an original facebookresearch DiT checkpoint (.pt): the released
+                    DiT-XL-2-256x256.pt, or a training checkpoint of DiT's train.py
+                    (its EMA weights are used)
+  --from diffusers  a diffusers DiT folder: a DiTPipeline folder such as a download of
+                    facebook/DiT-XL-2-256, or its transformer/ subfolder
+
+attention:
+  vanilla reproduces the pretrained DiT exactly. sdt, sdt-decomposed and learned-fixed
+  warm-start SDT: the pretrained weights plus a spatial decay that starts tiny
+  (--decay-scale-init, default 1e-4) and trains. fixed, sdt-decomposed, --rope and
+  --qk-norm change the output (a warning says so); fine-tune before sampling.
+
+examples:
+  sdtgen convert --from dit DiT-XL-2-256x256.pt --out models/dit-xl-2
+  sdtgen convert --from diffusers ~/DiT-XL-2-256 --out models/sdt-xl-2 --attention sdt
+"""
+
+
+def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
+    """`sdtgen convert`: pretrained DiT weights into an SDTDiT folder."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert pretrained DiT weights (original .pt or diffusers) into an SDTDiT folder",
+        description="Convert pretrained DiT weights into an SDTDiT model folder (config.json + safetensors), "
+        "loadable with SDTDiT.from_pretrained and usable as a training starting point.",
+        epilog=CONVERT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--from", dest="source_format", required=True, choices=("dit", "diffusers"), help="the kind of SOURCE (see below)")
+    parser.add_argument("source", metavar="SOURCE", help="the .pt file (--from dit) or the model / pipeline folder (--from diffusers)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write the SDTDiT to (created if missing)")
+    parser.add_argument("--attention", default="vanilla", choices=ATTENTION_VARIANTS, help="attention of the new model (default: vanilla)")
+    parser.add_argument("--decay-scale-init", type=float, metavar="X", help="initial decay strength for a warm start (default: 1e-4; 1 = from-scratch strength)")
+    parser.add_argument("--num-heads", type=int, metavar="N", help="--from dit only: heads, for widths outside DiT's S/B/L/XL table")
+    parser.add_argument("--input-size", type=int, metavar="N", help="latent size to run at, if not the checkpoint's (positions are recomputed)")
+    parser.add_argument("--lepe", action="store_true", help="add LePE (zero-initialised, keeps the warm start exact)")
+    parser.add_argument("--rope", action="store_true", help="add 2D RoPE (changes the output)")
+    parser.add_argument("--qk-norm", action="store_true", help="add q/k LayerNorm (changes the output)")
+    parser.set_defaults(run=run_convert, parser=parser)
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    """Convert, save, and say what was written."""
+    from sdtgen.convert import convert_diffusers_dit, convert_original_dit
+
+    overrides = {"lepe": args.lepe, "rope": args.rope, "qk_norm": args.qk_norm}
+    if args.decay_scale_init is not None:
+        overrides["decay_scale_init"] = args.decay_scale_init
+    if args.input_size is not None:
+        overrides["input_size"] = args.input_size
+    if args.source_format == "dit":
+        model = convert_original_dit(args.source, attention=args.attention, num_heads=args.num_heads, **overrides)
+    elif args.num_heads is not None:
+        raise ValueError("--num-heads is only for --from dit; a diffusers config already names its heads.")
+    else:
+        model = convert_diffusers_dit(args.source, attention=args.attention, **overrides)
+    model.save_pretrained(args.out)
+    cfg = model.config
+    print(
+        f"Saved SDTDiT (depth {cfg.depth}, width {cfg.hidden_size}, {cfg.num_heads} heads, patch {cfg.patch_size}, "
+        f"{cfg.input_size}x{cfg.input_size}x{cfg.in_channels} input, {cfg.num_classes} classes, attention {cfg.attention}) "
+        f"to {args.out}"
+    )
+
+
+SUBCOMMANDS = (add_convert_parser,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `sdtgen` parser with every subcommand of SUBCOMMANDS."""
+    parser = _Parser(prog="sdtgen", description="Class-conditional image generation with Spatial Decay Transformers.")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for add_parser in SUBCOMMANDS:
+        add_parser(subparsers)
+    return parser
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__()
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"{self.prog}: {level}{record.getMessage()}"
+
+
+@contextlib.contextmanager
+def _library_messages_to_stderr(prog: str) -> Iterator[None]:
+    """Show the library's info and warnings on stderr, prefixed by the subcommand, for one run."""
+    package_logger = logging.getLogger("sdtgen")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(prog))
+    level = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sdtgen` console script; returns the exit code (errors exit 2)."""
+    args = build_parser().parse_args(argv)
+    with _library_messages_to_stderr(args.parser.prog):
+        try:
+            args.run(args)
+        except (ValueError, OSError) as error:
+            args.parser.error(str(error))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
