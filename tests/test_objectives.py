@@ -250,19 +250,19 @@ def test_flow_perfect_model_has_zero_loss(batch):
 
 def test_flow_logit_normal_times():
     objective = FlowObjective(time_sampling="logit_normal")
-    t = objective.sample_t(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    t = objective.sample_timesteps(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert ((t > 0) & (t < 1)).all()
     assert t.mean().item() == pytest.approx(0.5, abs=3e-3)
     # Median of sigmoid(N(0, 1)) is 0.5; its quartiles are sigmoid(+-0.6745).
     upper_quartile = 1 / (1 + math.exp(-0.6745))
     assert torch.quantile(t[:100_000], 0.75).item() == pytest.approx(upper_quartile, abs=5e-3)
     shifted = FlowObjective(time_sampling="logit_normal", logit_mean=1.0, logit_std=0.5)
-    t_shifted = shifted.sample_t(100_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    t_shifted = shifted.sample_timesteps(100_000, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert t_shifted.median().item() == pytest.approx(1 / (1 + math.exp(-1.0)), abs=5e-3)
 
 
 def test_flow_uniform_times():
-    t = FlowObjective().sample_t(100_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    t = FlowObjective().sample_timesteps(100_000, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert ((t >= 0) & (t < 1)).all()
     assert t.mean().item() == pytest.approx(0.5, abs=5e-3)
 

@@ -57,7 +57,7 @@ class FlowObjective:
         self.logit_mean = logit_mean
         self.logit_std = logit_std
 
-    def sample_t(
+    def sample_timesteps(
         self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Draw (B,) times in [0, 1] from the configured distribution."""
@@ -92,7 +92,7 @@ class FlowObjective:
         which must live on ``x0``'s device. Returns ``loss`` and ``mse`` (equal, shape (B,)).
         """
         if t is None:
-            t = self.sample_t(x0.shape[0], x0.device, generator)
+            t = self.sample_timesteps(x0.shape[0], x0.device, generator)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = self.interpolate(x0, noise, t)

@@ -1,0 +1,283 @@
+"""The training loop: Accelerate, AdamW, EMA, atomic checkpoints and exact resume.
+
+One optimizer step consumes `train.global_batch_size` samples whatever the number of
+processes: each process takes its share of the global batch (training/batches.py) and, if
+`train.micro_batch_size` is smaller, accumulates gradients over micro-batches. DDP averages
+the shares' gradients, so N processes compute the update of one process with the same
+global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from sdtgen.diffusion import make_objective
+from sdtgen.models.dit import SDTDiT
+from sdtgen.training import checkpoint as ckpt
+from sdtgen.training.batches import EpochOrder, draw_step_randomness
+from sdtgen.training.config import RunConfig, config_to_dict, save_config
+from sdtgen.training.data import TrainingData, prepare_training_data
+from sdtgen.training.ema import EMA
+from sdtgen.training.reporting import save_loss_plot, save_sample_grid
+
+
+def build_model(config: RunConfig, num_classes: int, latent_shape: tuple[int, int, int]) -> SDTDiT:
+    """A new SDTDiT from the preset and overrides, or the `model.pretrained` folder."""
+    m = config.model
+    if m.pretrained:
+        model = SDTDiT.from_pretrained(m.pretrained)
+        if (model.config.in_channels, model.config.input_size) != (latent_shape[0], latent_shape[1]):
+            raise ValueError(
+                f"model.pretrained={m.pretrained} takes {model.config.in_channels}x{model.config.input_size}^2 inputs, "
+                f"but the data gives latents of shape {latent_shape}."
+            )
+        if model.config.num_classes != num_classes:
+            raise ValueError(f"model.pretrained has {model.config.num_classes} classes; the data has {num_classes}.")
+        model.set_attention_backend(m.attention_backend)
+    else:
+        learn_sigma = (config.objective == "ddpm") if m.learn_sigma is None else m.learn_sigma
+        overrides = {k: v for k, v in (("depth", m.depth), ("hidden_size", m.hidden_size), ("num_heads", m.num_heads)) if v is not None}
+        model = SDTDiT.from_preset(
+            m.preset, attention=m.attention, attention_backend=m.attention_backend, input_size=latent_shape[1],
+            in_channels=latent_shape[0], num_classes=num_classes, learn_sigma=learn_sigma, mlp_ratio=m.mlp_ratio,
+            class_dropout_prob=m.class_dropout_prob, rope=m.rope, lepe=m.lepe, qk_norm=m.qk_norm, **overrides,
+        )
+    if m.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+def build_objective(config: RunConfig, learn_sigma: bool):
+    if config.objective == "ddpm":
+        return make_objective("ddpm", learn_sigma=learn_sigma)
+    f = config.flow
+    return make_objective("flow", time_sampling=f.time_sampling, logit_mean=f.logit_mean, logit_std=f.logit_std)
+
+
+def learning_rate(config: RunConfig, step: int) -> float:
+    """Constant (DiT) after an optional linear warm-up; a pure function of the step."""
+    warmup = config.train.warmup_steps
+    return config.train.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else config.train.lr
+
+
+class Trainer:
+    """Owns one run folder; `Trainer(config).train()` runs or resumes it to train.max_steps."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        t = config.train
+        self.accelerator = Accelerator(mixed_precision=t.mixed_precision, log_with=_tensorboard_if_installed(), project_dir=config.output_dir)
+        self.device = self.accelerator.device
+        if self.device.type == "cuda" and t.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        set_seed(config.seed)  # model initialisation; the steps themselves use (seed, step) generators
+        self.out = Path(config.output_dir)
+        self.checkpoints = self.out / "checkpoints"
+        world = self.accelerator.num_processes
+        if t.global_batch_size % world:
+            raise ValueError(f"train.global_batch_size={t.global_batch_size} must divide evenly over {world} processes.")
+        self.share = t.global_batch_size // world
+        self.micro = t.micro_batch_size or self.share
+        if self.share % self.micro:
+            raise ValueError(f"Each process's share ({self.share}) must be a multiple of train.micro_batch_size={self.micro}.")
+
+        self.data, self.vae = prepare_training_data(config, self.accelerator)
+        model = build_model(config, len(self.data.class_names), self.data.latent_shape)
+        self.objective = build_objective(config, model.config.learn_sigma)
+        if hasattr(self.objective, "to"):
+            self.objective.to(self.device)
+        model.to(self.device)
+        self.ema = EMA(model, t.ema_decay, t.ema_warmup)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.start_step, scaler_state = 0, None
+        resume_from = ckpt.resolve_resume(t.resume, self.checkpoints)
+        if resume_from is not None:
+            self.start_step, scaler_state = self._restore(resume_from, model, optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if scaler_state is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(scaler_state)
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.order = EpochOrder(len(self.data.dataset), t.global_batch_size, config.seed)
+
+    # ---------------------------------------------------------------- state
+    def _restore(self, checkpoint: Path, model: SDTDiT, optimizer: torch.optim.Optimizer) -> tuple[int, dict | None]:
+        """Load weights, EMA, optimizer and RNG of `checkpoint`; return (step, grad-scaler state)."""
+        weights, optim, state = ckpt.load_training_state(checkpoint)
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(optim["optimizer"])
+        ema_weights = load_file(checkpoint / "model" / "diffusion_pytorch_model.safetensors")
+        self.ema.model.load_state_dict(ema_weights)
+        ckpt.restore_rng_state(checkpoint)
+        if state.get("global_batch_size") != self.config.train.global_batch_size or state.get("seed") != self.config.seed:
+            raise ValueError(
+                f"Cannot resume {checkpoint}: it was trained with seed {state.get('seed')} and global batch "
+                f"{state.get('global_batch_size')}, this run asks for seed {self.config.seed} and global batch "
+                f"{self.config.train.global_batch_size}; the data order would change."
+            )
+        if self.accelerator.is_main_process:
+            _truncate_log(self.out / "log.jsonl", state["step"])
+            self.accelerator.print(f"Resumed from {checkpoint} at step {state['step']}.")
+        return int(state["step"]), optim.get("scaler")
+
+    def save(self, step: int) -> Path:
+        if self.accelerator.is_main_process:
+            scaler = self.accelerator.scaler
+            state = {"step": step, "seed": self.config.seed, "global_batch_size": self.config.train.global_batch_size,
+                     "samples_seen": step * self.config.train.global_batch_size, "num_processes": self.accelerator.num_processes, "epoch": self.order.epoch_of(step),
+                     "config": config_to_dict(self.config)}
+            ckpt.save_checkpoint(self.checkpoints, step, ema_model=self.ema.model, training_model=self.accelerator.unwrap_model(self.model),
+                                 optimizer=self.optimizer.optimizer, scaler=scaler, trainer_state=state, keep=self.config.train.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        return self.checkpoints / f"checkpoint-{step}"
+
+    # ---------------------------------------------------------------- the step
+    def _keys_for(self, step: int, flips: torch.Tensor) -> list[tuple[int, bool]]:
+        rank = self.accelerator.process_index
+        indices = self.order.indices(step)[rank * self.share : (rank + 1) * self.share]
+        return [(int(i), bool(f)) for i, f in zip(indices, flips[rank * self.share : (rank + 1) * self.share].cpu())]
+
+    def _randomness(self, step: int):
+        cfg = self.config
+        return draw_step_randomness(self.objective, cfg.seed, step, cfg.train.global_batch_size, self.data.latent_shape,
+                                    self.accelerator.unwrap_model(self.model).config.class_dropout_prob, self.device)
+
+    def train_step(self, step: int, batch, randomness) -> dict[str, float]:
+        """One optimizer step on this process's share of the global batch."""
+        t = self.config.train
+        rank = self.accelerator.process_index
+        mine = randomness.slice(rank * self.share, (rank + 1) * self.share)
+        mean, logvar, labels = self.data.moments(batch, self.vae, self.device)
+        null_class = self.accelerator.unwrap_model(self.model).config.num_classes
+        labels = torch.where(mine.drop_labels, torch.full_like(labels, null_class), labels)
+        x0 = self.vae.scale_latent(mean + torch.exp(0.5 * logvar) * mine.latent_eps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, step)
+        totals: dict[str, float] = {}
+        starts = range(0, self.share, self.micro)
+        for n, start in enumerate(starts):
+            part = slice(start, start + self.micro)
+            sync = n == len(starts) - 1
+            with self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext():
+                with self.accelerator.autocast():
+                    losses = self.objective.training_losses(self.forward, x0[part], labels[part], noise=mine.noise[part], t=mine.times[part])
+                self.accelerator.backward(losses["loss"].mean() * (self.micro / self.share))
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + value.detach().float().sum()
+        grad_norm = None
+        if t.grad_clip:
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.accelerator.unwrap_model(self.model), step)
+        stats = {key: self.accelerator.reduce(value, "sum").item() / t.global_batch_size for key, value in totals.items()}
+        if grad_norm is not None:
+            stats["grad_norm"] = float(grad_norm)
+        return stats
+
+    # ---------------------------------------------------------------- the loop
+    def train(self) -> Path:
+        cfg, t = self.config, self.config.train
+        main = self.accelerator.is_main_process
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+            (self.out / "class_names.json").write_text(json.dumps(self.data.class_names))
+        self.accelerator.init_trackers("tensorboard")
+        step = self.start_step
+        if step >= t.max_steps:
+            self.accelerator.print(f"Nothing to do: the run is already at step {step} >= train.max_steps={t.max_steps}.")
+            return self.out
+        randomness: dict = {}
+        keys = _StepKeys(self, step, t.max_steps, randomness)
+        loader = self.data.loader(keys)
+        bar = tqdm(total=t.max_steps, initial=step, desc="training", disable=not main, dynamic_ncols=True)
+        window_start, window_images = time.perf_counter(), 0
+        log = open(self.out / "log.jsonl", "a") if main else None
+        for batch in loader:
+            stats = self.train_step(step, batch, randomness.pop(step))
+            step += 1
+            window_images += t.global_batch_size
+            if not math.isfinite(stats["loss"]):
+                raise FloatingPointError(f"Loss became {stats['loss']} at step {step}; lower train.lr, enable train.grad_clip or use bf16 with model.qk_norm=true.")
+            if step % t.log_every == 0 or step == t.max_steps:
+                speed = window_images / (time.perf_counter() - window_start)
+                record = {"step": step, **{k: round(v, 6) for k, v in stats.items()}, "lr": learning_rate(cfg, step - 1), "images_per_s": round(speed, 2)}
+                self.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
+                if log:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{speed:.0f}")
+                window_start, window_images = time.perf_counter(), 0
+            bar.update(1)
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                self.save(step)
+            if t.sample_every and step % t.sample_every == 0 and step != t.max_steps:
+                self.sample_grid(step)
+        bar.close()
+        if log:
+            log.close()
+        self.sample_grid(step)
+        if main:
+            save_loss_plot(self.out / "log.jsonl", self.out / "loss.png")
+        self.accelerator.end_training()
+        return self.out
+
+    def sample_grid(self, step: int) -> None:
+        """A grid of `sample.per_class` EMA samples for every class, one row per class."""
+        if self.accelerator.is_main_process:
+            s = self.config.sample
+            save_sample_grid(self.ema.model, self.vae, self.data.class_names, self.out / "samples" / f"grid-{step:07d}.png",
+                             objective=self.config.objective, sampler=s.sampler, steps=s.steps, cfg=s.cfg, per_class=s.per_class, seed=self.config.seed)
+        self.accelerator.wait_for_everyone()
+
+
+class _StepKeys:
+    """A batch sampler yielding, for each remaining step, this process's (index, flip) keys.
+
+    It also draws each step's randomness (needed for the flip bits) and hands it to the
+    loop through `store`, so every random number is drawn once, in step order.
+    """
+
+    def __init__(self, trainer: Trainer, start: int, stop: int, store: dict) -> None:
+        self.trainer, self.start, self.stop, self.store = trainer, start, stop, store
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            randomness = self.trainer._randomness(step)
+            self.store[step] = randomness
+            yield self.trainer._keys_for(step, randomness.flips)
+
+
+def _tensorboard_if_installed() -> list[str] | None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return None
+    return ["tensorboard"]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the resumed step, written by the interrupted run after its last save."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def train(config: RunConfig) -> Path:
+    """Train (or resume) the run described by `config`; returns the run folder."""
+    return Trainer(config).train()

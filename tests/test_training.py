@@ -1,0 +1,137 @@
+"""The trainer: exact resume, atomic checkpoints, process-count and accumulation invariance, EMA."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdtgen import SDTDiT
+from sdtgen.training import checkpoint as ckpt
+from sdtgen.training.batches import EpochOrder
+from sdtgen.training.config import load_config
+from sdtgen.training.ema import EMA
+from sdtgen.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+# Pixel space on the built-in set, a 2-block model: a step takes milliseconds.
+TINY = [
+    "data.vae=identity", "data.latent_cache=null", "model.preset=S/4", "model.depth=2", "model.hidden_size=64",
+    "model.num_heads=2", "train.global_batch_size=8", "train.log_every=1", "sample.per_class=1", "sample.steps=2",
+    "train.ema_warmup=true",
+]
+
+
+def run(tmp: Path, *overrides: str) -> Path:
+    return train(load_config(None, [f"output_dir={tmp}", *TINY, *overrides]))
+
+
+def losses(run_dir: Path) -> list[dict]:
+    keys = ("step", "loss", "mse", "vb", "grad_norm")
+    return [{k: r[k] for k in keys} for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())]
+
+
+def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    folder = run_dir / "checkpoints" / f"checkpoint-{step}"
+    return {**load_file(folder / "training_model.safetensors"), **{f"ema.{k}": v for k, v in load_file(folder / "model" / "diffusion_pytorch_model.safetensors").items()}}
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
+
+
+def test_resume_is_exact(tmp_path):
+    straight = run(tmp_path / "straight", "train.max_steps=6", "train.checkpoint_every=3")
+    interrupted = run(tmp_path / "resumed", "train.max_steps=3", "train.checkpoint_every=3")
+    resumed = run(interrupted, "train.max_steps=6", "train.checkpoint_every=3", "train.resume=latest")
+    assert [r["step"] for r in losses(resumed)] == [1, 2, 3, 4, 5, 6]
+    assert losses(resumed) == losses(straight)
+    assert_same_weights(final_weights(resumed, 6), final_weights(straight, 6))
+
+
+def test_a_failed_save_leaves_nothing_that_resume_would_pick(tmp_path, monkeypatch):
+    run_dir = run(tmp_path, "train.max_steps=2", "train.checkpoint_every=1", "train.keep_checkpoints=5")
+    assert ckpt.resolve_resume("latest", run_dir / "checkpoints").name == "checkpoint-2"
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", disk_full)
+    model = SDTDiT.from_pretrained(run_dir / "checkpoints" / "checkpoint-2" / "model")
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save_checkpoint(run_dir / "checkpoints", 3, ema_model=model, training_model=model, optimizer=torch.optim.AdamW(model.parameters()),
+                             scaler=None, trainer_state={"step": 3}, keep=5)
+    assert (run_dir / "checkpoints" / ".tmp-checkpoint-3").exists()  # the partial save, under a name resume ignores
+    assert ckpt.resolve_resume("latest", run_dir / "checkpoints").name == "checkpoint-2"
+    assert [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")] == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_checkpoints_keep_the_newest_k_and_load_as_models(tmp_path):
+    run_dir = run(tmp_path, "train.max_steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=2")
+    assert [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")] == ["checkpoint-3", "checkpoint-4"]
+    model = SDTDiT.from_pretrained(run_dir / "checkpoints" / "checkpoint-4" / "model")
+    assert model.config.attention == "sdt" and model.config.num_classes == 10
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "loss.png").is_file()
+    assert list((run_dir / "samples").glob("grid-*.png"))
+
+
+def test_gradient_accumulation_gives_the_same_update(tmp_path):
+    whole = run(tmp_path / "whole", "train.max_steps=3", "train.checkpoint_every=3")
+    accumulated = run(tmp_path / "accum", "train.max_steps=3", "train.checkpoint_every=3", "train.micro_batch_size=2")
+    for a, b in zip(losses(whole), losses(accumulated)):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert_same_weights(final_weights(whole, 3), final_weights(accumulated, 3), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_compute_the_update_of_one(tmp_path):
+    single = run(tmp_path / "one", "train.max_steps=3", "train.checkpoint_every=3")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "scripts" / "train_gen.py"),
+               f"output_dir={tmp_path / 'two'}", *TINY, "train.max_steps=3", "train.checkpoint_every=3"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "two" / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["num_processes"] == 2
+    for a, b in zip(losses(single), losses(tmp_path / "two")):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert_same_weights(final_weights(single, 3), final_weights(tmp_path / "two", 3), atol=1e-5)
+
+
+def test_ema_update_and_warmup():
+    model = torch.nn.Linear(2, 1)
+    ema = EMA(model, decay=0.9)
+    start = ema.model.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=100)
+    torch.testing.assert_close(ema.model.weight, 0.9 * start + 0.1 * model.weight)
+    warm = EMA(model, decay=0.9999, warmup=True)
+    assert warm.decay_at(0) == pytest.approx(0.1) and warm.decay_at(90) == pytest.approx(0.91) and warm.decay_at(10**7) == 0.9999
+    assert EMA(model.to(torch.bfloat16)).model.weight.dtype == torch.float32
+
+
+def test_epoch_order_visits_every_sample_once_per_epoch():
+    order = EpochOrder(num_samples=10, global_batch_size=4, seed=3)
+    stream = torch.cat([order.indices(s) for s in range(5)])  # 20 samples = 2 epochs
+    assert sorted(stream[:10].tolist()) == list(range(10)) and sorted(stream[10:].tolist()) == list(range(10))
+    assert not torch.equal(stream[:10], stream[10:])
+    assert torch.equal(EpochOrder(10, 4, 3).indices(3), order.indices(3))  # a pure function of the step
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match=r"Unknown config key 'train.max_step'.*train.max_steps"):
+        load_config(None, ["train.max_step=3"])
+    with pytest.raises(ValueError, match="not of the form key=value"):
+        load_config(None, ["train.max_steps"])
+    with pytest.raises(ValueError, match="objective must be"):
+        load_config(None, ["objective=edm"])
+    with pytest.raises(FileNotFoundError, match="configs/"):
+        load_config("configs/nope.yaml")
