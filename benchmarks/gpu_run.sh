@@ -14,7 +14,7 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/device.txt"
-python3 -m pytest tests/test_gpu.py -q -s -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log"
+timeout 240 python3 -m pytest tests/test_gpu.py -q -s -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log"
 for args in "--dtype bf16 --batch 64" "--dtype fp32 --batch 64" "--dtype bf16 --batch 16 --input-size 64"; do
-  timeout 200 python3 benchmarks/bench_model.py --device cuda --repeats 10 --markdown $args 2>&1 | tee -a "$out/bench_model.md"
+  timeout 100 python3 benchmarks/bench_model.py --device cuda --repeats 8 --markdown $args 2>&1 | tee -a "$out/bench_model.md"
 done
