@@ -69,12 +69,15 @@ def attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch
     if lam is None:
         return _flex_attention()(q, k, v)
     width = grid[1]
-    # A (1, H, N) fixed decay is expanded so the score_mod can index it by batch.
-    lam = lam.expand(q.shape[0], -1, -1).float().contiguous()
+    # A (1, H, N) fixed decay is expanded so the score_mod can index it by batch. Flex's
+    # backward cannot differentiate two reads of one tensor, so the query and key sides
+    # read two copies (B * H * N floats each, nothing like an N x N bias).
+    lam_q = lam.expand(q.shape[0], -1, -1).float().contiguous()
+    lam_kv = lam_q.clone()
 
     def add_decay(score, b, h, q_idx, kv_idx):
         distance = (q_idx // width - kv_idx // width).abs() + (q_idx % width - kv_idx % width).abs()
-        return score + 0.5 * (lam[b, h, q_idx] + lam[b, h, kv_idx]) * distance
+        return score + 0.5 * (lam_q[b, h, q_idx] + lam_kv[b, h, kv_idx]) * distance
 
     return _flex_attention()(q, k, v, score_mod=add_decay)
 
