@@ -91,7 +91,14 @@ def run_convert(args: argparse.Namespace) -> None:
     )
 
 
-SUBCOMMANDS = (add_convert_parser,)
+def add_extract_latents_parser(subparsers: argparse._SubParsersAction) -> None:
+    """`sdtgen extract-latents`: encode a dataset once into the sharded latent cache."""
+    from sdtgen.data import extract
+
+    extract.add_parser(subparsers)
+
+
+SUBCOMMANDS = (add_convert_parser, add_extract_latents_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

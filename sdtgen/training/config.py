@@ -74,6 +74,7 @@ class SampleConfig:
     steps: int | None = None
     cfg: float = 1.5
     per_class: int = 8
+    classes: list[int] | None = None  # which classes the grids show; None = all
 
 
 @dataclass

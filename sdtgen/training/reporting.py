@@ -32,15 +32,19 @@ def grid_image(images: torch.Tensor, rows: int, row_labels: list[str] | None = N
 
 @torch.no_grad()
 def save_sample_grid(model, vae, class_names: list[str], path: Path, *, objective: str, sampler: str | None,
-                     steps: int | None, cfg: float, per_class: int, seed: int) -> Path:
-    """Sample `per_class` images of every class (fixed seeds, so grids of a run are comparable)."""
-    labels = torch.arange(len(class_names)).repeat_interleave(per_class)
+                     steps: int | None, cfg: float, per_class: int, seed: int, classes: list[int] | None = None) -> Path:
+    """Sample `per_class` images of each class in `classes` (default all), one row per class.
+
+    Seeds are fixed, so the grids of one run show the same noise and are comparable.
+    """
+    classes = list(range(len(class_names))) if classes is None else list(classes)
+    labels = torch.tensor(classes).repeat_interleave(per_class)
     seeds = [seed * 1_000_003 + i for i in range(len(labels))]
     model.eval()
     latents = sample_latents(model, labels, seeds, objective=objective, sampler=sampler, steps=steps, cfg=cfg)
     images = vae.decode(latents)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid_image(images, rows=len(class_names), row_labels=class_names).save(path)
+    grid_image(images, rows=len(classes), row_labels=[class_names[c] for c in classes]).save(path)
     return path
 
 

@@ -239,7 +239,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             s = self.config.sample
             save_sample_grid(self.ema.model, self.vae, self.data.class_names, self.out / "samples" / f"grid-{step:07d}.png",
-                             objective=self.config.objective, sampler=s.sampler, steps=s.steps, cfg=s.cfg, per_class=s.per_class, seed=self.config.seed)
+                             objective=self.config.objective, sampler=s.sampler, steps=s.steps, cfg=s.cfg, per_class=s.per_class,
+                             seed=self.config.seed, classes=s.classes)
         self.accelerator.wait_for_everyone()
 
 

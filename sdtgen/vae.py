@@ -1,0 +1,231 @@
+"""The VAE between images and latents: a diffusers ``AutoencoderKL`` or the identity.
+
+Latent convention (as in Stable Diffusion): the diffusion model sees
+``scaled = (z - shift) * scale`` where ``z`` is a sample of the VAE posterior, and
+:meth:`LatentVAE.decode` inverts that before decoding. ``encode_moments`` returns the
+*unscaled* posterior (mean, logvar), which is what a latent cache stores, so that a fresh
+posterior sample can be drawn every epoch.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+
+BUILTIN_VAE = "builtin"
+IDENTITY_VAE = "identity"
+# diffusers clamps log-variances to [-30, 20]; the identity "posterior" sits at the floor.
+_MIN_LOGVAR = -30.0
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class LatentVAE(torch.nn.Module):
+    """Encode images to scaled latents and decode them back; frozen, no gradients.
+
+    ``autoencoder=None`` is the identity VAE (pixel-space diffusion): the latent is the
+    image itself and sampling is deterministic. Images are (B, C, H, W) in [-1, 1].
+    """
+
+    def __init__(
+        self,
+        autoencoder: AutoencoderKL | None,
+        *,
+        scale: float,
+        shift: float,
+        source: str,
+        image_channels: int,
+    ) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.scale = float(scale)
+        self.shift = float(shift)
+        self.source = source
+        self.image_channels = image_channels
+        if autoencoder is None:
+            self.latent_channels, self.downsample_factor = image_channels, 1
+        else:
+            autoencoder.eval().requires_grad_(False)
+            self.latent_channels = autoencoder.config.latent_channels
+            self.downsample_factor = 2 ** (len(autoencoder.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode_moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance (unscaled), each (B, latent_channels, H/f, W/f)."""
+        self._check_images(images)
+        if self.autoencoder is None:
+            return images.clone(), torch.full_like(images, _MIN_LOGVAR)
+        posterior = self.autoencoder.encode(images.to(self.autoencoder.dtype)).latent_dist
+        return posterior.mean, posterior.logvar
+
+    def sample_latent(
+        self,
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Draw ``z ~ N(mean, exp(logvar))`` and return the scaled latent ``(z - shift) * scale``.
+
+        The noise is drawn on ``generator``'s device (then moved), so a seed gives the same
+        latents on every device. The identity VAE returns the mean, without noise.
+        """
+        if self.autoencoder is None:
+            z = mean
+        else:
+            device = generator.device if generator is not None else mean.device
+            noise = torch.randn(mean.shape, generator=generator, device=device,
+                                dtype=mean.dtype).to(mean.device)
+            z = mean + torch.exp(0.5 * logvar.clamp(_MIN_LOGVAR, 20.0)) * noise
+        return self.scale_latent(z)
+
+    def scale_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Map an unscaled latent ``z`` to the model's space: ``(z - shift) * scale``."""
+        return (z - self.shift) * self.scale
+
+    @torch.no_grad()
+    def decode(self, scaled_latents: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1], (B, image_channels, H, W), from scaled latents."""
+        if scaled_latents.ndim != 4 or scaled_latents.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"decode expects latents of shape (B, {self.latent_channels}, h, w), got "
+                f"{tuple(scaled_latents.shape)}."
+            )
+        z = scaled_latents / self.scale + self.shift
+        if self.autoencoder is not None:
+            z = self.autoencoder.decode(z.to(self.autoencoder.dtype)).sample
+        return z.clamp(-1.0, 1.0)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary for run manifests."""
+        return {
+            "type": "identity" if self.autoencoder is None else "autoencoder_kl",
+            "source": self.source,
+            "image_channels": self.image_channels,
+            "latent_channels": self.latent_channels,
+            "downsample_factor": self.downsample_factor,
+            "scale": self.scale,
+            "shift": self.shift,
+        }
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        factor = self.downsample_factor
+        if (images.ndim != 4 or images.shape[1] != self.image_channels
+                or images.shape[2] % factor or images.shape[3] % factor):
+            raise ValueError(
+                f"The VAE {self.source!r} expects images of shape (B, {self.image_channels}, "
+                f"H, W) with H and W divisible by {factor}, got {tuple(images.shape)}."
+            )
+
+
+def builtin_vae_dir() -> Path:
+    """Folder of the small VAE shipped with sdtgen (trained by scripts/train_vae.py)."""
+    return Path(str(importlib.resources.files("sdtgen") / "assets" / "vae"))
+
+
+def _load_folder(folder: Path) -> AutoencoderKL:
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} holds no config.json, so it is not a diffusers AutoencoderKL folder. "
+            "Pass the folder that holds config.json and the .safetensors weights (for a "
+            "full Stable Diffusion pipeline, its vae/ sub-folder)."
+        )
+    return AutoencoderKL.from_pretrained(folder)
+
+
+def _load_hub(repo_id: str) -> AutoencoderKL:
+    """Load from the local Hugging Face cache, else try the Hub; one clear error if neither."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    with warnings.catch_warnings():
+        # diffusers passes a deprecated argument to huggingface_hub; the warning is noise.
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+        for local_files_only in (True,) if offline else (True, False):
+            try:
+                return AutoencoderKL.from_pretrained(repo_id, local_files_only=local_files_only)
+            except (OSError, ValueError):
+                pass  # not cached (then try the Hub) or not reachable (then the error below)
+    raise FileNotFoundError(
+        f"Could not load the VAE {repo_id!r}: there is no local folder of that name, it is "
+        "not in the local Hugging Face cache, and it could not be downloaded (offline, or "
+        "not on the Hub). On a machine with network access run "
+        f"`hf download {repo_id} --local-dir DIR` (older huggingface_hub: "
+        "`huggingface-cli download ...`), copy DIR here and pass `--vae DIR`; or set "
+        "HF_HOME to a Hugging Face cache that already holds it."
+    )
+
+
+def load_vae(
+    spec: str = BUILTIN_VAE,
+    *,
+    scale: float | None = None,
+    shift: float | None = None,
+    image_channels: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> LatentVAE:
+    """Load a VAE from ``spec`` and wrap it as a :class:`LatentVAE`.
+
+    ``spec`` is ``"builtin"`` (the shipped 1-channel VAE for the animals dataset),
+    ``"identity"`` (pixel space; needs ``image_channels``), a local folder holding a
+    diffusers ``AutoencoderKL``, or a Hugging Face Hub id such as
+    ``"stabilityai/sd-vae-ft-ema"`` (used from the local cache when present).
+    ``scale``/``shift`` default to the config's ``scaling_factor`` (0.18215 when absent,
+    as for SD VAEs) and ``shift_factor`` (0 when absent). ``image_channels``, if given, is
+    checked against the VAE.
+    """
+    if spec == IDENTITY_VAE:
+        if image_channels is None:
+            raise ValueError(
+                "The identity VAE needs image_channels (1 for the built-in animals "
+                "dataset, 3 for RGB image folders)."
+            )
+        vae = LatentVAE(None, scale=1.0 if scale is None else scale,
+                        shift=0.0 if shift is None else shift,
+                        source=spec, image_channels=image_channels)
+        return vae.to(device=device, dtype=dtype)
+
+    folder = builtin_vae_dir() if spec == BUILTIN_VAE else Path(spec).expanduser()
+    if folder.is_dir():
+        autoencoder = _load_folder(folder)
+    elif _HUB_ID.match(spec):
+        autoencoder = _load_hub(spec)
+    else:
+        raise FileNotFoundError(
+            f"VAE folder not found: {spec}. Pass 'builtin', 'identity', an existing folder "
+            "with a diffusers AutoencoderKL (config.json + .safetensors), or a Hugging Face "
+            "Hub id such as stabilityai/sd-vae-ft-ema."
+        )
+    config = autoencoder.config
+    if image_channels is not None and image_channels != config.in_channels:
+        raise ValueError(
+            f"The VAE {spec!r} takes {config.in_channels}-channel images, but "
+            f"image_channels={image_channels} was requested; pick a VAE that matches the data."
+        )
+    vae = LatentVAE(
+        autoencoder,
+        scale=config.scaling_factor if scale is None else scale,
+        shift=(config.shift_factor or 0.0) if shift is None else shift,
+        source=spec,
+        image_channels=config.in_channels,
+    )
+    return vae.to(device=device, dtype=dtype)
+
+
+def reconstruction_psnr(vae: LatentVAE, images: torch.Tensor, batch_size: int = 250) -> float:
+    """Mean per-image PSNR (dB, images in [0, 1]) of ``decode(posterior mean)``.
+
+    ``images`` are in [-1, 1]. A perfect reconstruction counts as 100 dB rather than
+    infinity, so the mean stays finite.
+    """
+    scores = []
+    for batch in images.split(batch_size):
+        mean, _ = vae.encode_moments(batch)
+        recon = vae.decode(vae.scale_latent(mean))
+        mse = ((recon.float() - batch.float()) / 2).square().flatten(1).mean(1)
+        scores.append(-10 * torch.log10(mse.clamp_min(1e-10)))
+    return torch.cat(scores).mean().item()
