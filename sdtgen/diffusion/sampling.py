@@ -92,10 +92,11 @@ def sample_latents(
     x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
     scheduler = make_scheduler(objective, sampler, config.learn_sigma)
     scheduler.set_timesteps(steps, device=device)
-    x = x * scheduler.init_noise_sigma
+    # DDPM-family schedulers may scale the noise and the model input; flow schedulers do not.
+    x = x * getattr(scheduler, "init_noise_sigma", 1.0)
     labels = labels.to(device)
     for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
-        model_input = scheduler.scale_model_input(x, t)
+        model_input = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
         out = guided_prediction(model, model_input, t.expand(x.shape[0]), labels, cfg, config.num_classes, cfg_channels)
         if sampler != "ddpm":  # only DDPM uses the learned variance
             out = out[:, : x.shape[1]]

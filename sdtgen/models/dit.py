@@ -17,8 +17,9 @@ from torch import nn
 from sdtgen.models.attention import SpatialDecayAttention
 from sdtgen.models.embeddings import LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_pos_embed_2d
 
-# name -> (depth, hidden_size, num_heads), DiT's table.
-MODEL_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+# name -> (depth, hidden_size, num_heads): DiT's table, plus sdtgen's tiny "T" that trains
+# the built-in animals model on a laptop CPU in minutes.
+MODEL_SIZES = {"T": (4, 192, 3), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 PATCH_SIZES = (2, 4, 8)
 PRESETS = tuple(f"{size}/{patch}" for size in MODEL_SIZES for patch in PATCH_SIZES)
 

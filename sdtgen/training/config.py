@@ -19,7 +19,7 @@ import yaml
 
 @dataclass
 class ModelConfig:
-    preset: str = "S/2"  # DiT size / patch; depth, hidden_size, num_heads override it
+    preset: str = "T/2"  # size / patch: T (tiny, CPU), S, B, L, XL; depth, hidden_size, num_heads override it
     attention: str = "sdt"  # vanilla | fixed | learned-fixed | sdt | sdt-decomposed
     attention_backend: str = "auto"  # auto | sdpa | flex | math
     depth: int | None = None
@@ -48,21 +48,21 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 4000
-    global_batch_size: int = 64  # per optimizer step, summed over processes and accumulation
+    max_steps: int = 600
+    global_batch_size: int = 128  # per optimizer step, summed over processes and accumulation
     micro_batch_size: int | None = None  # per process per forward; None = the whole share
-    lr: float = 1e-4
+    lr: float = 1e-3  # DiT uses 1e-4 for 400K steps; the short built-in run needs more
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
+    warmup_steps: int = 50
     grad_clip: float | None = 1.0
     mixed_precision: str = "no"  # no | bf16 | fp16
     tf32: bool = True
-    ema_decay: float = 0.9999
-    ema_warmup: bool = False  # decay min(ema_decay, (1 + step) / (10 + step)): for short runs
+    ema_decay: float = 0.999
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)): for short runs
     compile: bool = False
-    log_every: int = 50
-    checkpoint_every: int = 1000
+    log_every: int = 25
+    checkpoint_every: int = 300
     keep_checkpoints: int = 2
     sample_every: int | None = None  # sample grid of every class; null = only at the end
     resume: str | None = None  # latest | a checkpoint folder | null
@@ -72,7 +72,7 @@ class TrainConfig:
 class SampleConfig:
     sampler: str | None = None  # None: the objective's default
     steps: int | None = None
-    cfg: float = 1.5
+    cfg: float = 2.0
     per_class: int = 8
     classes: list[int] | None = None  # which classes the grids show; None = all
 
@@ -88,7 +88,7 @@ class FlowConfig:
 class RunConfig:
     output_dir: str = "runs/animals-sdt"
     seed: int = 0
-    objective: str = "ddpm"  # ddpm | flow
+    objective: str = "flow"  # ddpm | flow
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -125,8 +125,19 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        node[leaf] = _parse_value(raw)
     return nested
+
+
+def _parse_value(raw: str):
+    """YAML scalars, plus plain floats like 1e-3 that YAML 1.1 would read as strings."""
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
