@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "data.vae=identity", "data.latent_cache=null", "model.preset=S/4", "model.depth=2", "model.hidden_size=64",
     "model.num_heads=2", "train.global_batch_size=8", "train.log_every=1", "sample.per_class=1", "sample.steps=2",
-    "train.ema_warmup=true",
+    "train.ema_warmup=true", "objective=ddpm",
 ]
 
 
@@ -73,7 +73,7 @@ def test_a_failed_save_leaves_nothing_that_resume_would_pick(tmp_path, monkeypat
 
 
 def test_checkpoints_keep_the_newest_k_and_load_as_models(tmp_path):
-    run_dir = run(tmp_path, "train.max_steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=2")
+    run_dir = run(tmp_path, "train.max_steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=2", "objective=flow")
     assert [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")] == ["checkpoint-3", "checkpoint-4"]
     model = SDTDiT.from_pretrained(run_dir / "checkpoints" / "checkpoint-4" / "model")
     assert model.config.attention == "sdt" and model.config.num_classes == 10
