@@ -61,6 +61,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)): for short runs
     compile: bool = False
+    cpu_threads: int | None = None  # CPU only: torch threads per process; None = cores / processes
     log_every: int = 25
     checkpoint_every: int = 300
     keep_checkpoints: int = 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -81,6 +82,10 @@ class Trainer:
         if self.device.type == "cuda" and t.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cpu":
+            # `accelerate launch` pins OMP_NUM_THREADS=1, which halves a laptop's throughput;
+            # share the cores among the processes instead.
+            torch.set_num_threads(t.cpu_threads or max(1, (os.cpu_count() or 1) // self.accelerator.num_processes))
         set_seed(config.seed)  # model initialisation; the steps themselves use (seed, step) generators
         self.out = Path(config.output_dir)
         self.checkpoints = self.out / "checkpoints"
