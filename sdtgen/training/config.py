@@ -43,6 +43,7 @@ class DataConfig:
     vae: str = "builtin"  # builtin | identity | a local AutoencoderKL folder | a hub id
     latent_cache: str | None = "cache/animals-latents"  # null: encode images on the fly
     extract_batch_size: int = 250
+    num_workers: int = 0  # DataLoader workers (useful when encoding images on the fly)
     on_error: str = "raise"  # corrupt images in folders: raise | skip
 
 

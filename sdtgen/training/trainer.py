@@ -206,7 +206,7 @@ class Trainer:
             return self.out
         randomness: dict = {}
         keys = _StepKeys(self, step, t.max_steps, randomness)
-        loader = self.data.loader(keys)
+        loader = self.data.loader(keys, num_workers=cfg.data.num_workers)
         bar = tqdm(total=t.max_steps, initial=step, desc="training", disable=not main, dynamic_ncols=True)
         window_start, window_images = time.perf_counter(), 0
         log = open(self.out / "log.jsonl", "a") if main else None
