@@ -1,0 +1,271 @@
+"""FID, IS, KID, precision/recall and class accuracy of generated images, with provenance.
+
+Features come from a torch-fidelity feature extractor (default: sdtgen's built-in
+``sdtgen-animals`` network) and all metric math is torch-fidelity's; this module only
+wraps image tensors as torch-fidelity inputs, caches the reference features of the
+built-in dataset on disk, and records what produced each number (see ``provenance``).
+
+Two kinds of reference:
+
+- :func:`compute_metrics`: reference images (a uint8 tensor, or ``"animals"`` = the
+  built-in training split, whose features are cached under a fingerprint of the
+  extractor weights and the data).
+- :func:`fid_against_npz`: a reference batch ``.npz`` holding precomputed ``mu`` and
+  ``sigma`` (ADM's ImageNet batches); only FID can be computed from those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch_fidelity
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+from sdtgen.data.animals import ANIMAL_CLASSES, load_animals
+from sdtgen.evaluation import feature_net
+
+BUILTIN_REFERENCE = "animals"
+DEFAULT_KID_SUBSET_SIZE = 1000
+KID_SUBSETS = 100
+PRC_NEIGHBORHOOD = 3
+ISC_SPLITS = 10
+_PRC_BATCH = 2048  # bounds the distance matrices precision/recall hold at once
+
+
+class ImageTensorDataset(Dataset):
+    """uint8 images (N, C, H, W) as a torch-fidelity input: each item is (3, H, W) uint8."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        # torch-fidelity's extractors expect RGB; gray images are repeated, not converted.
+        self.images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+def to_nchw_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Validate uint8 images, NCHW or NHWC with 1 or 3 channels; return them NCHW."""
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8 or images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"images must be a non-empty uint8 array (N, C, H, W) or (N, H, W, C), "
+                         f"got {images.dtype} {tuple(images.shape)}")
+    if images.shape[1] in (1, 3):
+        return images
+    if images.shape[-1] in (1, 3):
+        return images.permute(0, 3, 1, 2)
+    raise ValueError(f"images need 1 or 3 channels first or last, got shape {tuple(images.shape)}")
+
+
+def extract_features(images: torch.Tensor, feature_extractor: str, features: list[str],
+                     batch_size: int = 256, **extractor_kwargs: Any) -> dict[str, torch.Tensor]:
+    """Features ``{name: (N, D) float tensor}`` of uint8 NCHW ``images``, via torch-fidelity."""
+    _check_extractor(feature_extractor)
+    cuda = torch.cuda.is_available()
+    extractor = create_feature_extractor(feature_extractor, features, cuda=cuda, verbose=False,
+                                         **extractor_kwargs)
+    # save_cpu_ram=True keeps torch-fidelity from spawning DataLoader workers for tensors.
+    return get_featuresdict_from_dataset(ImageTensorDataset(images), extractor, batch_size, cuda,
+                                         save_cpu_ram=True, verbose=False)
+
+
+def extractor_weights_sha256(feature_extractor: str, weights_path: str | None = None) -> str | None:
+    """sha256 of the weights behind ``feature_extractor``; None when torch-fidelity downloads them."""
+    if feature_extractor == feature_net.EXTRACTOR_NAME:
+        return feature_net.weights_sha256(Path(weights_path) if weights_path else None)
+    if weights_path is None:
+        return None
+    return hashlib.sha256(Path(weights_path).read_bytes()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """Where reference features are cached: $SDTGEN_CACHE_DIR or ~/.cache/sdtgen."""
+    return Path(os.environ.get("SDTGEN_CACHE_DIR", Path.home() / ".cache" / "sdtgen")) / "reference"
+
+
+def builtin_reference_features(feature_extractor: str, feature: str, weights_sha256: str | None,
+                               cache_dir: Path | None = None,
+                               **extractor_kwargs: Any) -> tuple[torch.Tensor, str]:
+    """Features of the animals training split, and a description; computed once, then cached.
+
+    The cache file name holds a fingerprint of the extractor (name, weights hash, feature)
+    and of the image bytes, so new weights or data never reuse stale features.
+    """
+    images, _ = load_animals("train")
+    data_sha = hashlib.sha256(images.numpy().tobytes()).hexdigest()
+    key = hashlib.sha256(f"{feature_extractor}|{weights_sha256}|{feature}|{data_sha}".encode()).hexdigest()
+    path = Path(cache_dir or default_cache_dir()) / f"animals-train-{feature_extractor}-{key[:16]}.safetensors"
+    if path.is_file():
+        reference = load_file(path)["features"]
+    else:
+        reference = extract_features(images, feature_extractor, [feature], **extractor_kwargs)[feature]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"features": reference.contiguous()}, str(path),
+                  metadata={"data_sha256": data_sha, "weights_sha256": str(weights_sha256)})
+    return reference, f"animals train split ({len(images)} images, pixels sha256 {data_sha[:16]})"
+
+
+def _check_extractor(feature_extractor: str) -> None:
+    feature_net.register()
+    if feature_extractor not in FEATURE_EXTRACTORS_REGISTRY:
+        raise ValueError(f"unknown feature extractor {feature_extractor!r}; known: "
+                         f"{', '.join(sorted(FEATURE_EXTRACTORS_REGISTRY))}")
+
+
+def _default_layer(feature_extractor: str, metric: str) -> str:
+    _check_extractor(feature_extractor)
+    return FEATURE_EXTRACTORS_REGISTRY[feature_extractor].get_default_feature_layer_for_metric(metric)
+
+
+def _check_labels(labels: torch.Tensor | np.ndarray, num_samples: int) -> torch.Tensor:
+    labels = torch.as_tensor(labels).long()
+    if labels.shape != (num_samples,):
+        raise ValueError(f"sample_labels must have shape ({num_samples},), got {tuple(labels.shape)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(ANIMAL_CLASSES)):
+        raise ValueError(f"sample_labels must lie in [0, {len(ANIMAL_CLASSES)}), "
+                         f"got [{labels.min()}, {labels.max()}]")
+    return labels
+
+
+def compute_metrics(
+    samples: torch.Tensor | np.ndarray,
+    sample_labels: torch.Tensor | np.ndarray | None = None,
+    reference: str | torch.Tensor | np.ndarray = BUILTIN_REFERENCE,
+    feature_extractor: str = feature_net.EXTRACTOR_NAME,
+    kid_subset_size: int | None = None,
+    seed: int = 2020,
+    cache_dir: Path | None = None,
+    feature_extractor_weights_path: str | None = None,
+) -> dict[str, Any]:
+    """FID, IS, KID, precision/recall (and class accuracy) of ``samples`` against ``reference``.
+
+    ``samples``: uint8 images, NCHW or NHWC. ``sample_labels``: the class each sample was
+    generated for; gives ``class_accuracy`` (fraction the built-in classifier assigns to
+    that class), which only the built-in extractor can judge. ``reference``: ``"animals"``
+    (training split, cached features) or uint8 images. ``kid_subset_size`` defaults to
+    min(1000, both set sizes). ``seed`` fixes IS's shuffle and KID's subsets. Returns
+    ``fid``, ``is``, ``is_std``, ``kid``, ``kid_std``, ``precision``, ``recall``,
+    ``class_accuracy`` (None without labels or another extractor) and ``provenance``.
+    """
+    samples = to_nchw_uint8(samples)
+    labels = None if sample_labels is None else _check_labels(sample_labels, len(samples))
+    layer = _default_layer(feature_extractor, "fid")
+    logits_layer = _default_layer(feature_extractor, "isc")
+    kwargs = {"feature_extractor_weights_path": feature_extractor_weights_path}
+    weights_sha = extractor_weights_sha256(feature_extractor, feature_extractor_weights_path)
+
+    if isinstance(reference, str):
+        if reference != BUILTIN_REFERENCE:
+            raise ValueError(f"unknown reference {reference!r}; use {BUILTIN_REFERENCE!r} or uint8 images")
+        reference_features, description = builtin_reference_features(
+            feature_extractor, layer, weights_sha, cache_dir, **kwargs)
+    else:
+        reference_images = to_nchw_uint8(reference)
+        reference_features = extract_features(reference_images, feature_extractor, [layer], **kwargs)[layer]
+        description = f"{len(reference_images)} user-supplied images"
+
+    features = extract_features(samples, feature_extractor, sorted({layer, logits_layer}), **kwargs)
+    subset = kid_subset_size or min(DEFAULT_KID_SUBSET_SIZE, len(samples), len(reference_features))
+    if not 1 < subset <= min(len(samples), len(reference_features)):
+        raise ValueError(f"kid_subset_size must be in [2, {min(len(samples), len(reference_features))}] "
+                         f"(the smaller set size), got {subset}")
+
+    fid = fid_statistics_to_metric(fid_features_to_statistics(features[layer]),
+                                   fid_features_to_statistics(reference_features), verbose=False)
+    isc = isc_features_to_metric(features[logits_layer], splits=ISC_SPLITS, rng_seed=seed)
+    kid = kid_features_to_metric(features[layer], reference_features, kid_subsets=KID_SUBSETS,
+                                 kid_subset_size=subset, rng_seed=seed, verbose=False)
+    # torch-fidelity's convention: input 1 is generated, input 2 is real.
+    prc = prc_features_to_metric(features[layer], reference_features, prc_neighborhood=PRC_NEIGHBORHOOD,
+                                 prc_batch_size=_PRC_BATCH, save_cpu_ram=True, verbose=False)
+
+    class_accuracy = None
+    if labels is not None and feature_extractor == feature_net.EXTRACTOR_NAME:
+        class_accuracy = (features[logits_layer].argmax(dim=1) == labels).float().mean().item()
+
+    return {
+        "fid": fid["frechet_inception_distance"],
+        "is": isc["inception_score_mean"],
+        "is_std": isc["inception_score_std"],
+        "kid": kid["kernel_inception_distance_mean"],
+        "kid_std": kid["kernel_inception_distance_std"],
+        "precision": prc["precision"],
+        "recall": prc["recall"],
+        "class_accuracy": class_accuracy,
+        "provenance": {
+            **_extractor_provenance(feature_extractor, weights_sha, layer, len(samples)),
+            "isc_feature": logits_layer,
+            "reference": description,
+            "num_reference": len(reference_features),
+            "kid_subset_size": subset,
+            "kid_subsets": KID_SUBSETS,
+            "isc_splits": ISC_SPLITS,
+            "prc_neighborhood": PRC_NEIGHBORHOOD,
+            "seed": seed,
+        },
+    }
+
+
+def fid_against_npz(
+    samples: torch.Tensor | np.ndarray,
+    npz_path: str | Path,
+    feature_extractor: str = "inception-v3-compat",
+    feature_extractor_weights_path: str | None = None,
+) -> dict[str, Any]:
+    """FID of ``samples`` against the precomputed ``mu``/``sigma`` of a reference ``.npz``.
+
+    Built for ADM's reference batches (e.g. VIRTUAL_imagenet256_labeled.npz), whose
+    statistics come from the 2048-d pool features of TF-Inception, which
+    ``inception-v3-compat`` reproduces; any extractor whose FID feature has the npz's
+    dimension works.
+    """
+    npz_path = Path(npz_path)
+    if not npz_path.is_file():
+        raise FileNotFoundError(f"reference batch not found: {npz_path}")
+    with np.load(npz_path) as batch:
+        if "mu" not in batch or "sigma" not in batch:
+            raise ValueError(f"{npz_path} holds no 'mu'/'sigma' statistics (keys: {', '.join(batch.files)})")
+        reference = {"mu": batch["mu"].astype(np.float64), "sigma": batch["sigma"].astype(np.float64)}
+    samples = to_nchw_uint8(samples)
+    layer = _default_layer(feature_extractor, "fid")
+    features = extract_features(samples, feature_extractor, [layer],
+                                feature_extractor_weights_path=feature_extractor_weights_path)[layer]
+    if features.shape[1] != reference["mu"].shape[0]:
+        raise ValueError(f"{npz_path} has {reference['mu'].shape[0]}-d statistics but {feature_extractor!r} "
+                         f"gives {features.shape[1]}-d {layer!r} features")
+    statistics = {key: value.astype(np.float64) for key, value in fid_features_to_statistics(features).items()}
+    fid = fid_statistics_to_metric(statistics, reference, verbose=False)["frechet_inception_distance"]
+    weights_sha = extractor_weights_sha256(feature_extractor, feature_extractor_weights_path)
+    return {
+        "fid": fid,
+        "provenance": {
+            **_extractor_provenance(feature_extractor, weights_sha, layer, len(samples)),
+            "reference": f"precomputed mu/sigma of {npz_path.name} "
+                         f"(sha256 {hashlib.sha256(npz_path.read_bytes()).hexdigest()[:16]})",
+        },
+    }
+
+
+def _extractor_provenance(feature_extractor: str, weights_sha256: str | None, feature: str,
+                          num_samples: int) -> dict[str, Any]:
+    return {
+        "feature_extractor": feature_extractor,
+        "feature_extractor_weights_sha256": weights_sha256,
+        "feature": feature,
+        "torch_fidelity_version": torch_fidelity.__version__,
+        "num_samples": num_samples,
+    }
