@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from sdtgen.models.attention import ATTENTION_VARIANTS
+from sdtgen.sampling_cli import add_export_parser, add_sample_parser
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,7 +99,7 @@ def add_extract_latents_parser(subparsers: argparse._SubParsersAction) -> None:
     extract.add_parser(subparsers)
 
 
-SUBCOMMANDS = (add_convert_parser, add_extract_latents_parser)
+SUBCOMMANDS = (add_sample_parser, add_export_parser, add_convert_parser, add_extract_latents_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,12 +2,21 @@
 
 Sample i of a request depends only on its own seed: its initial noise and every noise its
 stochastic sampler draws come from a generator seeded with seeds[i], so the images are
-the same whatever the batch size or the number of processes.
+the same whatever the batch size or the number of processes. A request with one seed
+gives sample i the seed `sample_seed(seed, i)`.
+
+Guidance is described by `Guidance`: its scale (1 = off), how many latent channels it
+acts on, and the interval of noise levels where it applies. The noise level of a step is
+`timestep / num_train_timesteps` in [0, 1]: 1 is pure noise, 0 the clean image (for flow
+models it is t of x_t = (1 - t) x0 + t noise; for DDPM it is the diffusion time).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import (
@@ -17,6 +26,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FlowMatchHeunDiscreteScheduler,
 )
+from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 # DiT's training schedule; samplers must use the very same betas.
@@ -25,6 +35,13 @@ DDPM_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", beta_star
 SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++"), "flow": ("euler", "heun")}
 DEFAULT_SAMPLER = {"ddpm": "ddim", "flow": "euler"}
 DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm++": 25, "euler": 50, "heun": 25}
+SCHEDULER_CLASSES = {
+    "ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler,
+    "euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHeunDiscreteScheduler,
+}
+# A prime stride: requests made with different seeds share no sample seed unless one of
+# them holds more than 1,000,003 samples. The trainer's sample grids follow the same rule.
+SEED_STRIDE = 1_000_003
 
 
 def make_scheduler(objective: str, sampler: str, learn_sigma: bool):
@@ -33,16 +50,80 @@ def make_scheduler(objective: str, sampler: str, learn_sigma: bool):
         raise ValueError(f"Unknown objective {objective!r}; expected one of {', '.join(SAMPLERS)}.")
     if sampler not in SAMPLERS[objective]:
         raise ValueError(f"Sampler {sampler!r} does not fit objective {objective!r}; choose one of {', '.join(SAMPLERS[objective])}.")
-    if sampler == "ddpm":
-        variance = "learned_range" if learn_sigma else "fixed_small"
-        return DDPMScheduler(**DDPM_SCHEDULE, variance_type=variance, clip_sample=False)
-    if sampler == "ddim":
-        return DDIMScheduler(**DDPM_SCHEDULE, clip_sample=False, set_alpha_to_one=False)
-    if sampler == "dpm++":
-        return DPMSolverMultistepScheduler(**DDPM_SCHEDULE, algorithm_type="dpmsolver++")
-    # Flow: x_t = (1 - t) x0 + t noise, velocity noise - x0, model timestep t * 1000: diffusers' convention.
-    scheduler_class = FlowMatchEulerDiscreteScheduler if sampler == "euler" else FlowMatchHeunDiscreteScheduler
-    return scheduler_class(num_train_timesteps=1000, shift=1.0)
+    scheduler_class = SCHEDULER_CLASSES[sampler]
+    if objective == "flow":
+        # x_t = (1 - t) x0 + t noise, velocity noise - x0, model timestep t * 1000: diffusers' convention.
+        return scheduler_class(num_train_timesteps=1000, shift=1.0)
+    settings = {
+        "ddpm": dict(variance_type="learned_range" if learn_sigma else "fixed_small", clip_sample=False),
+        "ddim": dict(clip_sample=False, set_alpha_to_one=False),
+        "dpm++": dict(algorithm_type="dpmsolver++"),
+    }[sampler]
+    return scheduler_class(**DDPM_SCHEDULE, **settings)
+
+
+def sampler_of(scheduler) -> str | None:
+    """The SAMPLERS name of `scheduler`, or None for a scheduler that make_scheduler does not build."""
+    return next((name for name, cls in SCHEDULER_CLASSES.items() if type(scheduler) is cls), None)
+
+
+def objective_of(scheduler: Any) -> str:
+    """The objective a scheduler (or its class name) samples: diffusers' flow-matching ones are all FlowMatch*."""
+    name = scheduler if isinstance(scheduler, str) else type(scheduler).__name__
+    return "flow" if name.startswith("FlowMatch") else "ddpm"
+
+
+def default_steps(scheduler) -> int:
+    """DEFAULT_STEPS of the scheduler's sampler; 50 for a scheduler sdtgen does not build."""
+    return DEFAULT_STEPS.get(sampler_of(scheduler), 50)
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample `index` of a request made with `seed`: seed * SEED_STRIDE + index."""
+    return seed * SEED_STRIDE + index
+
+
+def sample_generators(seed: int, indices: Iterable[int]) -> list[torch.Generator]:
+    """One CPU generator per sample index, seeded with `sample_seed(seed, index)`."""
+    return [torch.Generator(device="cpu").manual_seed(sample_seed(seed, i)) for i in indices]
+
+
+def check_steps(steps: int) -> None:
+    if steps < 1:
+        raise ValueError(f"The number of sampling steps must be at least 1, got {steps}.")
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance, `uncond + scale * (cond - uncond)`, and where it acts.
+
+    scale: 1 turns guidance off (one model pass per step); 0 is the unconditional model.
+    channels: guide the first `channels` latent channels; None (the default) guides all.
+        DiT's original code guided 3 of 4 (`channels=3` reproduces it); diffusers'
+        DiTPipeline guides all 4. Unguided channels take the conditional prediction.
+    interval: (low, high) noise levels, both included, where guidance applies (see the
+        module docstring); at other steps the model runs once, conditionally.
+    """
+
+    scale: float = 1.0
+    channels: int | None = None
+    interval: tuple[float, float] = (0.0, 1.0)
+
+    def check(self, model_config: Any) -> None:
+        """Raise ValueError if these settings are invalid or do not fit the model's config."""
+        if not self.scale >= 0:  # also refuses NaN
+            raise ValueError(f"The guidance scale must be >= 0 (1 = no guidance), got {self.scale}.")
+        low, high = self.interval
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"The guidance interval needs 0 <= LOW <= HIGH <= 1 (noise levels, 1 = pure noise), got {low} {high}.")
+        in_channels = model_config["in_channels"]
+        if self.channels is not None and not 1 <= self.channels <= in_channels:
+            raise ValueError(f"The guided channels must be 1..{in_channels} (this model's latent channels), got {self.channels}.")
+        if self.scale != 1.0 and model_config["class_dropout_prob"] <= 0:
+            raise ValueError("This model was trained without label dropout, so it has no null class for guidance; use cfg 1.")
+
+    def applies_at(self, noise_level: float) -> bool:
+        return self.scale != 1.0 and self.interval[0] <= noise_level <= self.interval[1]
 
 
 def guided_prediction(
@@ -64,6 +145,49 @@ def guided_prediction(
 
 
 @torch.no_grad()
+def denoise(
+    model,
+    scheduler,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    guidance: Guidance = Guidance(),
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    progress: Callable[[Iterable], Iterable] = iter,
+) -> torch.Tensor:
+    """Latents for `labels`: noise drawn with `generator`, denoised by `scheduler` in `steps` steps.
+
+    `model` is an SDTDiT-like module in eval mode. `generator` is a list of one generator
+    per sample (then sample i depends on generator i alone, whatever the batch), a single
+    generator, or None. `progress` wraps the timestep loop, e.g. in a tqdm bar.
+    """
+    config = model.config
+    check_steps(steps)
+    guidance.check(config)
+    device, batch = model.device, labels.shape[0]
+    if isinstance(generator, list) and len(generator) != batch:
+        raise ValueError(f"Got {len(generator)} generators for {batch} samples; pass one per sample or a single one.")
+    shape = (batch, config.in_channels, config.input_size, config.input_size)
+    # Noise and scheduler state stay float32 whatever the model's dtype.
+    x = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+    scheduler.set_timesteps(steps, device=device)
+    x = x * getattr(scheduler, "init_noise_sigma", 1.0)
+    labels = labels.to(device)
+    # Only DDPM with a learned variance reads the second half of the output.
+    learned_variance = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+    # Stochastic steps draw from the per-sample generators, so they do not depend on the batch either.
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    total = scheduler.config.num_train_timesteps
+    for t in progress(scheduler.timesteps):
+        model_input = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+        cfg = guidance.scale if guidance.applies_at(float(t) / total) else 1.0
+        out = guided_prediction(model, model_input.to(model.dtype), t.expand(batch), labels, cfg, config.num_classes, guidance.channels)
+        if not learned_variance:
+            out = out[:, : x.shape[1]]
+        x = scheduler.step(out.float(), t, x, **step_kwargs).prev_sample
+    return x
+
+
 def sample_latents(
     model,
     labels: torch.Tensor,
@@ -74,32 +198,15 @@ def sample_latents(
     steps: int | None = None,
     cfg: float = 1.0,
     cfg_channels: int | None = None,
+    cfg_interval: tuple[float, float] = (0.0, 1.0),
     progress: bool = False,
 ) -> torch.Tensor:
     """Draw one latent per (label, seed) from `model` (an SDTDiT-like module in eval mode)."""
-    sampler = sampler or DEFAULT_SAMPLER[objective]
-    steps = steps or DEFAULT_STEPS[sampler]
-    if steps < 1:
-        raise ValueError(f"The number of sampling steps must be at least 1, got {steps}.")
-    if cfg < 0:
-        raise ValueError(f"The guidance scale must be >= 0 (1 = no guidance), got {cfg}.")
-    config = model.config
-    if cfg != 1.0 and config.class_dropout_prob <= 0:
-        raise ValueError("This model was trained without label dropout, so it has no null class for guidance; use cfg=1.")
-    device = next(model.parameters()).device
-    shape = (config.in_channels, config.input_size, config.input_size)
-    generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
-    x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
-    scheduler = make_scheduler(objective, sampler, config.learn_sigma)
-    scheduler.set_timesteps(steps, device=device)
-    # DDPM-family schedulers may scale the noise and the model input; flow schedulers do not.
-    x = x * getattr(scheduler, "init_noise_sigma", 1.0)
-    labels = labels.to(device)
-    for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
-        model_input = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-        out = guided_prediction(model, model_input, t.expand(x.shape[0]), labels, cfg, config.num_classes, cfg_channels)
-        if sampler != "ddpm":  # only DDPM uses the learned variance
-            out = out[:, : x.shape[1]]
-        # Per-sample CPU generators keep stochastic steps independent of the batch layout.
-        x = scheduler.step(out.float(), t, x, generator=generators if sampler == "ddpm" else None).prev_sample
-    return x
+    sampler = sampler or DEFAULT_SAMPLER.get(objective)
+    scheduler = make_scheduler(objective, sampler, model.config.learn_sigma)
+    return denoise(
+        model, scheduler, labels, steps=DEFAULT_STEPS[sampler] if steps is None else steps,
+        guidance=Guidance(cfg, cfg_channels, tuple(cfg_interval)),
+        generator=[torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds],
+        progress=lambda timesteps: tqdm(timesteps, desc="sampling", disable=not progress, leave=False),
+    )

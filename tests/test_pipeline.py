@@ -1,0 +1,118 @@
+"""SDTPipeline: diffusers-style use, save/load round trip, `sdtgen export`, and equality with DiTPipeline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
+
+from sdtgen import SDTPipeline
+from sdtgen.cli import main
+from sdtgen.convert import convert_diffusers_dit
+from sdtgen.diffusion.sampling import make_scheduler, sample_generators
+from sdtgen.loading import find_source, load_pipeline
+
+from tiny_runs import random_model, write_run
+
+
+def generators(n: int, seed: int = 0) -> list[torch.Generator]:
+    return sample_generators(seed, range(n))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return write_run(tmp_path_factory.mktemp("pipeline") / "run", random_model("flow"), objective="flow")
+
+
+def test_save_and_load_round_trip(run, tmp_path):
+    pipe = load_pipeline(find_source(run))
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["_class_name"] == "SDTPipeline" and index["id2label"]["4"] == "dog"
+    assert index["transformer"] == ["sdtgen.models.dit", "SDTDiT"] and index["scheduler"][1] == "FlowMatchEulerDiscreteScheduler"
+    loaded = SDTPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.objective == "flow" and loaded.class_names == pipe.class_names and loaded.get_label_ids(["dog", 7]) == [4, 7]
+    kwargs = dict(class_labels=["dog", 3], num_inference_steps=3, guidance_scale=2.0, output_type="np")
+    before, after = pipe(generator=generators(2), **kwargs).images, loaded(generator=generators(2), **kwargs).images
+    assert before.shape == (2, 32, 32, 1) and np.array_equal(before, after)
+    loaded.use_sampler("heun")
+    pil = loaded(class_labels=[4], num_inference_steps=2, generator=torch.manual_seed(0)).images
+    assert pil[0].size == (32, 32) and pil[0].mode == "L" and loaded.scheduler.__class__.__name__ == "FlowMatchHeunDiscreteScheduler"
+
+
+def test_pixel_space_pipeline_has_no_vae(tmp_path):
+    pipe = SDTPipeline(random_model("ddpm", in_channels=1, input_size=32), make_scheduler("ddpm", "ddpm", learn_sigma=True))
+    pipe.save_pretrained(tmp_path / "pixels")
+    loaded = SDTPipeline.from_pretrained(tmp_path / "pixels")
+    assert loaded.vae is None and loaded.class_names is None
+    images = loaded(class_labels=[0, 9], num_inference_steps=2, guidance_scale=1.5, generator=generators(2), output_type="pt").images
+    assert images.shape == (2, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+
+def test_export_writes_a_pipeline_that_samples_like_the_run(run, tmp_path, capsys):
+    assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "pipe"), "--sampler", "heun"]) == 0
+    assert "Saved SDTPipeline (flow, FlowMatchHeunDiscreteScheduler" in capsys.readouterr().out
+    exported = SDTPipeline.from_pretrained(tmp_path / "pipe")
+    direct = load_pipeline(find_source(run), sampler="heun")
+    kwargs = dict(class_labels=[1, 2], num_inference_steps=2, output_type="np")
+    assert np.array_equal(exported(generator=generators(2), **kwargs).images, direct(generator=generators(2), **kwargs).images)
+
+
+def test_bad_pipeline_arguments_are_clear(run):
+    pipe = load_pipeline(find_source(run))
+    with pytest.raises(ValueError, match="did you mean 'zebra'"):
+        pipe(class_labels=["zebar"])
+    with pytest.raises(ValueError, match="one per sample"):
+        pipe(class_labels=[1, 2], generator=generators(3))
+    with pytest.raises(ValueError, match="4-channel latents but the model takes 3"):
+        SDTPipeline(random_model(in_channels=3), pipe.scheduler, pipe.vae)
+
+
+# ------------------------------------------------------------------ DiTPipeline equivalence
+
+
+def tiny_dit() -> DiTTransformer2DModel:
+    """A 2-block diffusers DiT over 1,000 classes (DiTPipeline's null class is 1000), every weight random."""
+    torch.manual_seed(0)
+    model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
+                                  sample_size=8, patch_size=2, num_embeds_ada_norm=1000)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.1)
+        shared = model.transformer_blocks[0].norm1.emb.state_dict()  # the converter needs one shared embedder
+        for block in model.transformer_blocks[1:]:
+            block.norm1.emb.load_state_dict(shared)
+    return model.eval()
+
+
+def tiny_vae() -> AutoencoderKL:
+    torch.manual_seed(1)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), norm_num_groups=8,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2).eval()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
+@pytest.mark.parametrize("guidance_scale", [1.0, 4.0])
+def test_converted_dit_samples_what_dit_pipeline_samples(sampler, guidance_scale):
+    dit, vae = tiny_dit(), tiny_vae()
+    reference = DiTPipeline(dit, vae, make_scheduler("ddpm", sampler, learn_sigma=True))
+    ours = SDTPipeline(convert_diffusers_dit(dit), make_scheduler("ddpm", sampler, learn_sigma=True), vae)
+    for pipe in (reference, ours):
+        pipe.set_progress_bar_config(disable=True)
+    labels = [207, 3, 999]
+    kwargs = dict(class_labels=labels, num_inference_steps=4, guidance_scale=guidance_scale, output_type="np")
+    expected = reference(generator=generators(3), **kwargs).images
+    got = ours(generator=generators(3), **kwargs).images  # all channels guided, as DiTPipeline does
+    assert got.shape == expected.shape == (3, 16, 16, 3)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert np.abs(expected[0] - expected[1]).max() > 1e-3  # the classes and seeds matter
+    if guidance_scale != 1.0:  # DiT's original 3-channel guidance is another sampler
+        three = ours(generator=generators(3), guidance_channels=3, **kwargs).images
+        assert np.abs(three - expected).max() > 1e-4
+
+
+def test_pipeline_is_exported_from_the_package():
+    import sdtgen
+
+    assert sdtgen.SDTPipeline is SDTPipeline

@@ -1,0 +1,242 @@
+"""`sdtgen sample`: seeds, batch and process invariance, guidance, class names, --ckpt kinds, bad input."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdtgen.class_names import display_names, resolve_class
+from sdtgen.cli import build_parser, main
+from sdtgen.diffusion.sampling import Guidance, denoise, guided_prediction, make_scheduler, sample_generators, sample_seed
+from sdtgen.loading import find_source, load_pipeline
+from sdtgen.sampling_cli import SamplePlan
+from sdtgen.training.config import load_config
+from sdtgen.training.trainer import train
+
+import test_training
+from tiny_runs import random_model, write_run
+
+
+@pytest.fixture(scope="module")
+def ddpm_run(tmp_path_factory):
+    """A DDPM run on the built-in VAE's 4x16x16 latents, with the animals' class names."""
+    return write_run(tmp_path_factory.mktemp("ddpm") / "run", random_model("ddpm"))
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory):
+    """A flow-matching run in pixel space (1x32x32), trained without label dropout."""
+    model = random_model("flow", in_channels=1, input_size=32, class_dropout_prob=0.0)
+    return write_run(tmp_path_factory.mktemp("flow") / "run", model, objective="flow", vae="identity")
+
+
+def sample(ckpt, out, *args: str) -> dict[str, bytes]:
+    """Run `sdtgen sample` and return the files it wrote."""
+    assert main(["sample", "--ckpt", str(ckpt), "--out", str(out), *args]) == 0
+    return {path.name: path.read_bytes() for path in sorted(out.iterdir())}
+
+
+def test_outputs_are_named_by_class_and_index(ddpm_run, tmp_path):
+    files = sample(ddpm_run, tmp_path, "--class", "dog", "--class", "1", "--num", "2")
+    assert sorted(files) == ["1-bird-000.png", "1-bird-001.png", "4-dog-000.png", "4-dog-001.png", "grid.png", "settings.json"]
+    settings = json.loads(files["settings.json"])
+    assert settings["steps"] == 3 and settings["cfg"] == 2.0 and settings["scheduler"] == "DDIMScheduler"  # the run's sample config
+    assert settings["classes"] == [4, 1] and settings["vae"] == "builtin"
+
+
+def assert_same_outputs(a: dict[str, bytes], b: dict[str, bytes]) -> None:
+    """The same files; PNG pixels within 1/255, since batched matmuls may round ~1e-6 apart (draws are exact)."""
+    assert a.keys() == b.keys() and a.get("settings.json") == b.get("settings.json")
+    for name in (name for name in a if name.endswith(".png")):
+        pixels = [np.asarray(Image.open(io.BytesIO(files[name])), dtype=np.int16) for files in (a, b)]
+        assert np.abs(pixels[0] - pixels[1]).max() <= 1, name
+
+
+def test_batch_size_does_not_change_any_image(ddpm_run, tmp_path):
+    request = ["--class", "3", "--class", "7", "--num", "3", "--sampler", "ddpm", "--steps", "4", "--cfg", "3"]
+    one = sample(ddpm_run, tmp_path / "one", *request, "--batch-size", "1")
+    four = sample(ddpm_run, tmp_path / "four", *request, "--batch-size", "4")
+    assert_same_outputs(one, four)
+
+
+def test_sample_i_depends_only_on_seed_and_i(ddpm_run):
+    """Disjoint index ranges (as processes take them) give the images of the whole request."""
+    args = build_parser().parse_args(["sample", "--ckpt", str(ddpm_run), "--num", "3", "--class", "2", "--class", "5", "--seed", "7"])
+    plan = SamplePlan.from_args(args, find_source(ddpm_run))
+    pipe = load_pipeline(plan.source, sampler="ddpm")
+    whole = plan.sample(pipe, range(6), out=None)
+    parts = torch.cat([plan.sample(pipe, [4, 5], out=None), plan.sample(pipe, [0, 1, 2, 3], out=None)])
+    torch.testing.assert_close(parts[[2, 3, 4, 5, 0, 1]], whole, rtol=0, atol=1e-5)
+    # Sample i is the pipeline's image for one generator seeded with sample_seed(seed, i).
+    alone = pipe(class_labels=[5], generator=torch.Generator().manual_seed(sample_seed(7, 4)), num_inference_steps=3,
+                 guidance_scale=2.0, output_type="pt").images
+    torch.testing.assert_close(alone[0], whole[4], rtol=0, atol=1e-5)
+    assert sample_seed(7, 4) == 7 * 1_000_003 + 4
+    assert (whole[3] - whole[4]).abs().max() > 0.01  # same class, other seed: another image
+
+
+def fixed_predictions(cond: torch.Tensor, uncond: torch.Tensor):
+    """A fake model returning `cond` for real labels and `uncond` for the null class (10)."""
+    return lambda x, t, y: torch.where((y == 10).view(-1, 1, 1, 1), uncond.repeat(2, 1, 1, 1), cond.repeat(2, 1, 1, 1))
+
+
+def test_cfg_channels_guide_only_the_first_n_channels():
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 8, 4, 4, generator=g)
+    model, x, t, y = fixed_predictions(cond, uncond), torch.zeros(2, 4, 4, 4), torch.tensor([5, 5]), torch.tensor([1, 2])
+    every = guided_prediction(model, x, t, y, 4.0, 10, None)
+    three = guided_prediction(model, x, t, y, 4.0, 10, 3)
+    guided = uncond + 4.0 * (cond - uncond)
+    torch.testing.assert_close(every[:, :4], guided[:, :4])
+    torch.testing.assert_close(three[:, :3], guided[:, :3])
+    assert torch.equal(three[:, 3], cond[:, 3])  # the 4th channel: conditional, unguided (DiT's original)
+    assert torch.equal(every[:, 4:], cond[:, 4:]) and torch.equal(three[:, 4:], cond[:, 4:])  # learned variance
+
+
+def test_guidance_interval_guides_exactly_the_steps_inside_it():
+    model = random_model("ddpm")
+    batches: list[int] = []
+    model.register_forward_hook(lambda module, inputs, output: batches.append(inputs[0].shape[0]))
+    labels = torch.tensor([1, 2])
+
+    def run(**guidance) -> torch.Tensor:
+        batches.clear()
+        scheduler = make_scheduler("ddpm", "ddim", learn_sigma=True)
+        return denoise(model, scheduler, labels, steps=10, guidance=Guidance(**guidance), generator=sample_generators(0, [0, 1]))
+
+    partial = run(scale=3.0, interval=(0.35, 0.75))
+    timesteps = make_scheduler("ddpm", "ddim", True)
+    timesteps.set_timesteps(10)
+    inside = [0.35 <= t / 1000 <= 0.75 for t in timesteps.timesteps.tolist()]
+    assert batches == [4 if guided else 2 for guided in inside] and sum(inside) == 4
+    assert torch.equal(run(scale=3.0, interval=(0.0, 1.0)), run(scale=3.0))
+    assert torch.equal(run(scale=3.0, interval=(0.95, 1.0)), run(scale=1.0))  # no step has t >= 950
+    assert not torch.equal(partial, run(scale=3.0)) and not torch.equal(partial, run(scale=1.0))
+
+
+def test_every_ckpt_kind_gives_the_same_images(ddpm_run, tmp_path):
+    bare = tmp_path / "bare-model"
+    shutil.copytree(ddpm_run / "checkpoints" / "checkpoint-2" / "model", bare)
+    assert main(["export", "--ckpt", str(ddpm_run), "--out", str(tmp_path / "pipe")]) == 0
+    folders = {
+        "run": ddpm_run, "checkpoint": ddpm_run / "checkpoints" / "checkpoint-2",
+        "model": ddpm_run / "checkpoints" / "checkpoint-2" / "model", "pipeline": tmp_path / "pipe",
+    }
+    request = ["--class", "2", "--num", "2", "--steps", "3", "--cfg", "2"]
+    grids = {kind: sample(folder, tmp_path / kind, *request)["grid.png"] for kind, folder in folders.items()}
+    assert {kind: find_source(folder).kind for kind, folder in folders.items()} == {kind: kind for kind in folders}
+    assert len(set(grids.values())) == 1
+    # A bare model folder knows no class names (nor its VAE): files are named by id alone.
+    bare_files = sample(bare, tmp_path / "bare", *request, "--vae", "builtin")
+    assert bare_files["2-001.png"] == (tmp_path / "run" / "2-cat-001.png").read_bytes()
+
+
+def test_flow_run_in_pixel_space(flow_run, tmp_path, capsys):
+    files = sample(flow_run, tmp_path, "--class", "zebra", "--num", "2", "--sampler", "heun", "--steps", "2")
+    assert "9-zebra-001.png" in files
+    settings = json.loads(files["settings.json"])
+    assert settings["scheduler"] == "FlowMatchHeunDiscreteScheduler" and settings["cfg"] == 1.0  # no null class: no guidance
+
+
+def test_list_classes(ddpm_run, tmp_path, capsys):
+    assert main(["sample", "--ckpt", str(ddpm_run), "--list-classes"]) == 0
+    assert capsys.readouterr().out.splitlines()[4] == "4  dog"
+    imagenet = tmp_path / "imagenet-model"
+    random_model(num_classes=1000).save_pretrained(imagenet)
+    assert main(["sample", "--ckpt", str(imagenet), "--list-classes"]) == 0
+    assert "207  golden retriever" in capsys.readouterr().out.splitlines()
+
+
+def test_class_names_resolve():
+    imagenet = display_names(None, 1000)
+    for spec in ("golden retriever", "Golden_Retriever", " golden-retriever ", "207", 207):
+        assert resolve_class(spec, imagenet, 1000) == 207
+    assert display_names([f"n{i:08d}" for i in range(1000)], 1000) == imagenet  # ImageNet folder names (wnids)
+    animals = display_names(json.loads('["bear", "bird", "cat", "cow", "dog"]'), 5)
+    assert resolve_class("Dog", animals, 5) == 4
+    with pytest.raises(ValueError, match="did you mean 'golden retriever'"):
+        resolve_class("golden retreiver", imagenet, 1000)
+    with pytest.raises(ValueError, match="no class names"):
+        resolve_class("dog", None, 5)
+
+
+def bad_inputs(ddpm_run, flow_run, tmp_path) -> dict[str, tuple[list[str], str]]:
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(ddpm_run, corrupt)
+    (corrupt / "checkpoints" / "checkpoint-2" / "model" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    broken_config = tmp_path / "broken-config"
+    shutil.copytree(ddpm_run / "checkpoints" / "checkpoint-2" / "model", broken_config)
+    (broken_config / "config.json").write_text("{ truncated")
+    bare = tmp_path / "bare"
+    shutil.copytree(ddpm_run / "checkpoints" / "checkpoint-2" / "model", bare)
+    random_model(num_classes=1000).save_pretrained(tmp_path / "imagenet")
+    run = ["--ckpt", str(ddpm_run)]
+    return {
+        "class out of range": ([*run, "--class", "10"], "outside this model's range 0..9"),
+        "unknown name": ([*run, "--class", "dgo"], "did you mean 'dog'"),
+        "missing ckpt": (["--ckpt", str(tmp_path / "nope")], "does not exist"),
+        "corrupt weights": (["--ckpt", str(corrupt)], "corrupt"),
+        "corrupt config": (["--ckpt", str(broken_config)], "corrupt"),
+        "not a model folder": (["--ckpt", str(tmp_path)], "none of a run folder"),
+        "bare model, no vae": (["--ckpt", str(bare)], "pass --vae"),
+        "steps < 1": ([*run, "--steps", "0"], "at least 1"),
+        "negative guidance": ([*run, "--cfg", "-1"], "must be >= 0"),
+        "guidance without null class": (["--ckpt", str(flow_run), "--cfg", "2"], "without label dropout"),
+        "cfg channels": ([*run, "--cfg-channels", "5"], "1..4"),
+        "cfg interval": ([*run, "--cfg-interval", "0.8", "0.2"], "LOW <= HIGH"),
+        "sampler of another objective": (["--ckpt", str(flow_run), "--sampler", "ddim"], "does not fit objective 'flow'"),
+        "no samples": ([*run, "--num", "0"], "--num must be at least 1"),
+        "1000 classes, none chosen": (["--ckpt", str(tmp_path / "imagenet")], "choose some with --class"),
+        "bad device": ([*run, "--device", "gpu0"], "is not a device"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "class out of range", "unknown name", "missing ckpt", "corrupt weights", "corrupt config", "not a model folder",
+    "bare model, no vae", "steps < 1", "negative guidance", "guidance without null class", "cfg channels", "cfg interval",
+    "sampler of another objective", "no samples", "1000 classes, none chosen", "bad device",
+])
+def test_bad_input_is_one_line_and_exit_2(ddpm_run, flow_run, tmp_path, capsys, case):
+    argv, expected = bad_inputs(ddpm_run, flow_run, tmp_path)[case]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", *argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("sdtgen sample: error: ") and expected in lines[0] and "Traceback" not in err
+
+
+def test_default_ckpt_is_the_builtin_run(ddpm_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["sample"])
+    assert "accelerate launch scripts/train_gen.py" in capsys.readouterr().err
+    shutil.copytree(ddpm_run, tmp_path / "runs" / "animals-sdt")
+    assert main(["sample", "--class", "0", "--num", "1"]) == 0
+    assert (tmp_path / "samples" / "0-bear-000.png").is_file()
+
+
+def test_sample_redraws_the_trainers_grid(tmp_path):
+    """A really trained run: same seed rule, same defaults (the run's sample config), same decoding."""
+    run = train(load_config(None, [f"output_dir={tmp_path / 'run'}", *test_training.TINY, "train.max_steps=2", "sample.cfg=1.5"]))
+    ours = sample(run, tmp_path / "out", "--num", "1")["grid.png"]
+    assert_same_outputs({"grid.png": (run / "samples" / "grid-0000002.png").read_bytes()}, {"grid.png": ours})
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_images_of_one(ddpm_run, tmp_path):
+    request = ["--ckpt", str(ddpm_run), "--class", "1", "--class", "2", "--num", "3", "--sampler", "ddpm", "--batch-size", "2"]
+    single = sample(ddpm_run, tmp_path / "one", *request[2:])
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sdtgen.cli", "sample", *request, "--out", str(tmp_path / "two")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_outputs({path.name: path.read_bytes() for path in sorted((tmp_path / "two").iterdir())}, single)
