@@ -75,3 +75,34 @@ def render_decay_maps(image: torch.Tensor, lam: torch.Tensor, grid: tuple[int, i
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def inspect_checkpoint(ckpt: str | None, class_spec: str, out: str | Path, *, token: tuple[int, int] | None = None,
+                       block: int | None = None, timestep: float = 100.0, seed: int = 0, cfg: float | None = None,
+                       vae: str | None = None) -> Path:
+    """Generate one sample of `class_spec` from a checkpoint and render its decay maps to `out`.
+
+    `block` defaults to the middle block, `token` to the grid's centre; `timestep` (0..1000,
+    0 = clean) is the noise level at which the model reads the generated latent.
+    """
+    from sdtgen.class_names import resolve_class
+    from sdtgen.diffusion.sampling import sample_latents, sample_seed
+    from sdtgen.loading import find_source, load_pipeline
+
+    source = find_source(ckpt)
+    pipe = load_pipeline(source, vae=vae)
+    model = pipe.transformer.eval()
+    label = resolve_class(class_spec, pipe.class_names, model.config.num_classes)
+    block = len(model.blocks) // 2 if block is None else block
+    if not 0 <= block < len(model.blocks):
+        raise ValueError(f"--block {block} is outside 0..{len(model.blocks) - 1}.")
+    token = token or (model.grid[0] // 2, model.grid[1] // 2)
+    if not (0 <= token[0] < model.grid[0] and 0 <= token[1] < model.grid[1]):
+        raise ValueError(f"--token {token[0]} {token[1]} is outside the {model.grid[0]}x{model.grid[1]} token grid.")
+    guidance = cfg if cfg is not None else (1.5 if model.config.class_dropout_prob > 0 else 1.0)
+    latent = sample_latents(model, torch.tensor([label]), [sample_seed(seed, 0)], objective=source.objective(), cfg=guidance)
+    image = pipe.latent_vae().decode(latent)[0]
+    lam = collect_log_decay(model, latent, timestep, label)[block]
+    name = pipe.class_names[label] if pipe.class_names else str(label)
+    title = f"{name}: block {block}, token (row {token[0]}, col {token[1]}), timestep {timestep:g}"
+    return render_decay_maps(image, lam, model.grid, token, out, title)

@@ -23,3 +23,17 @@ def test_vanilla_models_have_no_decay_to_show():
     model = SDTDiT.from_preset("S/2", attention="vanilla", input_size=8, num_classes=10, depth=1, hidden_size=64, num_heads=2)
     with pytest.raises(ValueError, match="no spatial decay"):
         collect_log_decay(model, torch.randn(1, 4, 8, 8), timestep=1, label=0)
+
+
+def test_inspect_command_writes_the_picture_and_rejects_bad_tokens(tmp_path, capsys):
+    from sdtgen.cli import main
+    from tiny_runs import random_model, write_run
+
+    run = write_run(tmp_path / "run", random_model("flow"), objective="flow")
+    out = tmp_path / "decay.png"
+    assert main(["inspect", "--ckpt", str(run), "--class", "giraffe", "--out", str(out), "--token", "2", "3"]) == 0
+    assert out.stat().st_size > 1000
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", "--ckpt", str(run), "--class", "giraffe", "--out", str(out), "--token", "9", "0"])
+    assert exit_info.value.code == 2
+    assert "outside the 4x4 token grid" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from sdtgen.diffusion.sampling import sample_latents
+from sdtgen.diffusion.sampling import sample_latents, sample_seed
 
 
 def grid_image(images: torch.Tensor, rows: int, row_labels: list[str] | None = None, pad: int = 2, scale: int = 2) -> Image.Image:
@@ -39,7 +39,7 @@ def save_sample_grid(model, vae, class_names: list[str], path: Path, *, objectiv
     """
     classes = list(range(len(class_names))) if classes is None else list(classes)
     labels = torch.tensor(classes).repeat_interleave(per_class)
-    seeds = [seed * 1_000_003 + i for i in range(len(labels))]
+    seeds = [sample_seed(seed, i) for i in range(len(labels))]
     model.eval()
     latents = sample_latents(model, labels, seeds, objective=objective, sampler=sampler, steps=steps, cfg=cfg)
     images = vae.decode(latents)
