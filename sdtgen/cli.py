@@ -9,6 +9,7 @@ what to do) become one line `sdtgen <name>: error: ...` and exit code 2.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import contextlib
 import logging
 import sys
@@ -130,7 +131,77 @@ def run_inspect(args: argparse.Namespace) -> None:
     print(f"Wrote {path}")
 
 
-SUBCOMMANDS = (add_sample_parser, add_export_parser, add_convert_parser, add_extract_latents_parser, add_inspect_parser)
+EVAL_EPILOG = """\
+references (--ref):
+  animals           the built-in set's training split, scored with the built-in feature
+                    network (FID, IS, KID, precision/recall and class accuracy), offline
+  FILE.npz          an ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz): FID from
+                    its precomputed mu/sigma, the rest from its images, with Inception
+  FOLDER            an image folder (class sub-folders), ADM-cropped to the samples' size
+
+Inception weights never download here: pass --inception-weights or place the file in
+torch hub's cache (the error message names it).
+
+examples:
+  sdtgen eval --ckpt runs/animals-sdt --num-samples 1000 --out eval/animals-sdt
+  accelerate launch -m sdtgen.cli eval --ckpt runs/imagenet256_sdt_xl2 --num-samples 50000 \\
+      --labels uniform --cfg 1.5 --sampler ddpm --steps 250 --ref VIRTUAL_imagenet256_labeled.npz \\
+      --inception-weights weights-inception-2015-12-05-6726825d.pth --out eval/xl2
+  sdtgen eval --samples eval/xl2/samples.npz --ref animals
+"""
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
+    """`sdtgen eval`: FID / IS / KID / precision-recall of a checkpoint or a sample set."""
+    parser = subparsers.add_parser(
+        "eval", help="sample a checkpoint (or read samples) and compute FID, IS, KID, precision/recall",
+        description="Generate samples from a checkpoint across all processes (or read an existing sample set), "
+        "save them as an ADM-style .npz, and write metrics.json with the numbers and everything that produced them.",
+        epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--ckpt", help="run, checkpoint, model or pipeline folder (default: the built-in run)")
+    source.add_argument("--samples", help="evaluate an existing sample set: an .npz (arr_0, arr_1) or a folder of PNGs")
+    parser.add_argument("--num-samples", type=int, default=1000, help="samples to generate (default: 1000; FID-50K: 50000)")
+    parser.add_argument("--labels", default="balanced", choices=("balanced", "uniform"), help="class-balanced (default) or one uniform label per sample, as DiT")
+    parser.add_argument("--ref", default="animals", help="reference: animals (default), an .npz reference batch, or an image folder")
+    parser.add_argument("--cfg", type=float, help="guidance scale (default: the run's sample.cfg)")
+    parser.add_argument("--cfg-channels", type=int, help="guide only the first N latent channels (default: all)")
+    parser.add_argument("--sampler", help="sampler (default: the run's, else the objective's default)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the run's, else the sampler's default)")
+    parser.add_argument("--seed", type=int, default=0, help="sample i uses seed * 1000003 + i (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=250, help="images per sampling batch, per process")
+    parser.add_argument("--vae", help="VAE override (default: the run's)")
+    parser.add_argument("--inception-weights", help="path of torch-fidelity's Inception weights (for .npz and folder references)")
+    parser.add_argument("--out", default="eval", help="folder for samples.npz and metrics.json (default: eval)")
+    parser.set_defaults(run=run_eval, parser=parser)
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from accelerate import PartialState
+
+    from sdtgen.evaluation import evaluate
+
+    out = Path(args.out)
+    if args.samples:
+        images, labels = evaluate.load_samples(args.samples)
+        settings = {"samples": str(args.samples), "num_samples": len(images)}
+    else:
+        if args.steps is not None and args.steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {args.steps}.")
+        images, labels, settings = evaluate.sample_checkpoint(
+            args.ckpt, args.num_samples, labels_mode=args.labels, seed=args.seed, steps=args.steps, cfg=args.cfg,
+            cfg_channels=args.cfg_channels, sampler=args.sampler, vae=args.vae, batch_size=args.batch_size)
+        if not PartialState().is_main_process:
+            return
+        evaluate.save_npz(out / "samples.npz", images, labels)
+    metrics = evaluate.score(images, labels, args.ref, inception_weights_path=args.inception_weights)
+    path = evaluate.write_metrics(out, metrics, settings, args.ref)
+    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("fid", "is", "kid", "precision", "recall", "class_accuracy") if metrics.get(k) is not None)
+    print(f"{shown}  ->  {path}")
+
+
+SUBCOMMANDS = (add_sample_parser, add_export_parser, add_convert_parser, add_extract_latents_parser, add_inspect_parser, add_eval_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

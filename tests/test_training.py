@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "data.vae=identity", "data.latent_cache=null", "model.preset=S/4", "model.depth=2", "model.hidden_size=64",
     "model.num_heads=2", "train.global_batch_size=8", "train.log_every=1", "sample.per_class=1", "sample.steps=2",
-    "train.ema_warmup=true", "objective=ddpm",
+    "train.ema_warmup=true", "objective=ddpm", "train.final_eval=false",
 ]
 
 
@@ -135,3 +135,16 @@ def test_config_errors_are_clear():
         load_config(None, ["objective=edm"])
     with pytest.raises(FileNotFoundError, match="configs/"):
         load_config("configs/nope.yaml")
+
+
+def test_evaluation_during_training_is_logged(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SDTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    run_dir = run(tmp_path / "run", "train.max_steps=4", "train.checkpoint_every=4", "train.log_every=3", "train.eval_every=2",
+                  "train.eval_samples=20", "train.final_eval=true")
+    records = {r["step"]: r for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())}
+    assert sorted(records) == [2, 3, 4]  # log_every=3, plus the evaluated steps
+    for step in (2, 4):
+        assert records[step]["eval_samples"] == 20 and records[step]["eval_fid"] > 0 and 0 <= records[step]["eval_class_accuracy"] <= 1
+        assert "loss" in records[step]
+    printed = capsys.readouterr()
+    assert "FID" in printed.out + printed.err

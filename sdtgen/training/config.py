@@ -67,6 +67,10 @@ class TrainConfig:
     checkpoint_every: int = 300
     keep_checkpoints: int = 2
     sample_every: int | None = None  # sample grid of every class; null = only at the end
+    eval_every: int | None = None  # built-in set only: FID / class accuracy of the EMA model every N steps
+    eval_samples: int = 200  # samples per evaluation (class-balanced)
+    eval_steps: int | None = 25  # sampler steps for evaluation samples; null = sample.steps
+    final_eval: bool = True  # built-in set only: evaluate once at the end and print it
     resume: str | None = None  # latest | a checkpoint folder | null
 
 

@@ -216,9 +216,11 @@ class Trainer:
             window_images += t.global_batch_size
             if not math.isfinite(stats["loss"]):
                 raise FloatingPointError(f"Loss became {stats['loss']} at step {step}; lower train.lr, enable train.grad_clip or use bf16 with model.qk_norm=true.")
-            if step % t.log_every == 0 or step == t.max_steps:
+            evaluation = self.evaluate(step) if self._eval_due(step) else {}
+            if step % t.log_every == 0 or step == t.max_steps or evaluation:
                 speed = window_images / (time.perf_counter() - window_start)
-                record = {"step": step, **{k: round(v, 6) for k, v in stats.items()}, "lr": learning_rate(cfg, step - 1), "images_per_s": round(speed, 2)}
+                record = {"step": step, **{k: round(v, 6) for k, v in stats.items()}, "lr": learning_rate(cfg, step - 1),
+                          "images_per_s": round(speed, 2), **evaluation}
                 self.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
                 if log:
                     log.write(json.dumps(record) + "\n")
@@ -238,6 +240,30 @@ class Trainer:
             save_loss_plot(self.out / "log.jsonl", self.out / "loss.png")
         self.accelerator.end_training()
         return self.out
+
+    def _eval_due(self, step: int) -> bool:
+        t = self.config.train
+        if self.config.data.dataset != "animals":  # the built-in feature network only knows this set
+            return False
+        return bool((t.eval_every and step % t.eval_every == 0) or (t.final_eval and step == t.max_steps))
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """FID and class accuracy of the EMA model on `train.eval_samples` class-balanced samples."""
+        metrics: dict[str, float] = {}
+        if self.accelerator.is_main_process:
+            from sdtgen.evaluation.evaluate import score_model
+
+            s = self.config.sample
+            result = score_model(self.ema.model, self.vae, objective=self.config.objective, num_samples=self.config.train.eval_samples,
+                                 seed=self.config.seed, sampler=s.sampler, steps=self.config.train.eval_steps or s.steps, cfg=s.cfg)
+            metrics = {"eval_fid": round(result["fid"], 4), "eval_class_accuracy": round(result["class_accuracy"], 4),
+                       "eval_samples": self.config.train.eval_samples}
+            if step == self.config.train.max_steps:
+                tqdm.write(f"Step {step}: FID {result['fid']:.2f} and class accuracy {result['class_accuracy']:.1%} on "
+                           f"{self.config.train.eval_samples} samples against the training split (built-in feature network; "
+                           "`sdtgen eval` for more samples).")
+        self.accelerator.wait_for_everyone()
+        return metrics
 
     def sample_grid(self, step: int) -> None:
         """A grid of `sample.per_class` EMA samples for every class, one row per class."""

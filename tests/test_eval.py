@@ -1,0 +1,95 @@
+"""`sdtgen eval`: sample sets, metrics.json provenance, references and their errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sdtgen.cli import main
+from sdtgen.data.animals import load_animals
+from sdtgen.evaluation.evaluate import load_samples, sample_labels
+from tiny_runs import random_model, write_run
+
+
+def test_label_modes():
+    assert sample_labels(20, 10, "balanced", 0) == [i // 2 for i in range(20)]
+    uniform = sample_labels(2000, 10, "uniform", 0)
+    assert uniform == sample_labels(2000, 10, "uniform", 0) and uniform != sample_labels(2000, 10, "uniform", 1)
+    assert min(np.bincount(uniform, minlength=10)) > 150
+    with pytest.raises(ValueError, match="--labels"):
+        sample_labels(4, 2, "random", 0)
+
+
+def test_eval_of_real_images_as_a_sample_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    images, labels = load_animals("test")
+    npz = tmp_path / "real.npz"
+    np.savez(npz, arr_0=images[::3].permute(0, 2, 3, 1).numpy(), arr_1=labels[::3].numpy())  # every class
+    assert main(["eval", "--samples", str(npz), "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["class_accuracy"] > 0.95 and metrics["fid"] < 10
+    provenance = metrics["provenance"]
+    assert provenance["feature_extractor"] == "sdtgen-animals" and len(provenance["feature_extractor_weights_sha256"]) == 64
+    assert provenance["num_samples"] == 334 and provenance["torch_fidelity"]
+
+
+def test_eval_of_a_checkpoint_writes_adm_npz_and_full_provenance(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    run = write_run(tmp_path / "run", random_model("flow", input_size=16), objective="flow")
+    out = tmp_path / "eval"
+    assert main(["eval", "--ckpt", str(run), "--num-samples", "20", "--steps", "2", "--batch-size", "8", "--out", str(out)]) == 0
+    images, labels = load_samples(out / "samples.npz")
+    assert images.shape == (20, 32, 32, 1) and images.dtype == np.uint8
+    assert labels.tolist() == [i // 2 for i in range(20)]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("fid", "is", "kid", "precision", "recall", "class_accuracy"):
+        assert isinstance(metrics[key], float), key
+    provenance = metrics["provenance"]
+    for key in ("ckpt", "model_sha256", "sampler", "steps", "cfg", "cfg_channels", "vae", "seed", "num_samples", "labels",
+                "feature_extractor", "feature_extractor_weights_sha256", "torch_fidelity", "reference"):
+        assert provenance[key] is not None, key
+    assert provenance["steps"] == 2 and provenance["num_samples"] == 20 and provenance["labels"] == "balanced"
+    # The same request again gives the same sample set.
+    assert main(["eval", "--ckpt", str(run), "--num-samples", "20", "--steps", "2", "--batch-size", "20", "--out", str(tmp_path / "again")]) == 0
+    again, _ = load_samples(tmp_path / "again" / "samples.npz")
+    assert np.abs(again.astype(int) - images.astype(int)).max() <= 1
+
+
+def test_missing_inception_weights_say_what_to_do(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    npz = tmp_path / "samples.npz"
+    np.savez(npz, arr_0=np.zeros((4, 32, 32, 3), dtype=np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--samples", str(npz), "--ref", str(tmp_path / "VIRTUAL_imagenet256_labeled.npz"), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "weights-inception-2015-12-05-6726825d.pth" in err and "--inception-weights" in err
+
+
+def test_bad_sample_sets(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--samples", str(tmp_path / "none.npz")])
+    assert "neither an .npz file nor a folder" in capsys.readouterr().err
+
+
+def test_inception_path_with_stand_in_weights(tmp_path, monkeypatch):
+    """The real Inception weights cannot be downloaded here: a random file of the right shapes tests the wiring."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    with monkeypatch.context() as patch:  # build the network once without any weights to get its shapes
+        patch.setattr(inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *args, **kwargs: None)
+        network = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
+    weights = tmp_path / "stand-in-inception.pth"
+    torch.save(network.state_dict(), weights)
+    generator = np.random.default_rng(0)
+    samples, reference = (generator.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8) for _ in range(2))
+    np.savez(tmp_path / "samples.npz", arr_0=samples)
+    ref = tmp_path / "VIRTUAL_ref.npz"
+    np.savez(ref, arr_0=reference, mu=np.zeros(2048), sigma=np.eye(2048))
+    assert main(["eval", "--samples", str(tmp_path / "samples.npz"), "--ref", str(ref), "--inception-weights", str(weights),
+                 "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert np.isfinite(metrics["fid"]) and metrics["provenance"]["feature_extractor"] == "inception-v3-compat"
+    assert "VIRTUAL_ref.npz" in metrics["provenance"]["fid_reference"]
