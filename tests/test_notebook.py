@@ -1,0 +1,49 @@
+"""The quickstart notebook runs top to bottom, as a newcomer would run it.
+
+It is executed with nbclient (what nbmake uses) in a fresh kernel started in notebooks/, the
+way `pytest --nbmake notebooks/quickstart.ipynb` starts it. The notebook trains a short run in
+process (about 3 minutes on a 2-core CPU); SDTGEN_QUICKSTART_RUN points that run at a temporary
+folder, so the test always trains, never reuses runs/animals-sdt, and leaves runs/ untouched.
+The latent cache cache/animals-latents is shared with the other tools (made once, ~20 s).
+Skip it with `pytest -m "not slow"`.
+"""
+
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+TIMEOUT_S = 600  # the whole notebook, kernel start included
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDTGEN_QUICKSTART_RUN", str(tmp_path / "quickstart"))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
+        "commit notebooks/quickstart.ipynb with its outputs cleared"
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+
+    def time_left(cell) -> int:  # every cell gets what is left of the notebook's budget
+        return max(1, int(deadline - time.monotonic()))
+
+    client = nbclient.NotebookClient(
+        notebook, timeout_func=time_left, kernel_name="python3", allow_errors=False,
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    )
+    client.execute()  # raises CellExecutionError (with the cell's traceback) or CellTimeoutError
+
+    run_dir = tmp_path / "quickstart"
+    assert (run_dir / "quickstart_grid.png").is_file()
+    assert (run_dir / "decay_giraffe.png").is_file()
+    printed = "".join(
+        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+    )
+    assert "FID" in printed and "class accuracy" in printed
+    errors = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs if output.output_type == "error"]
+    assert not errors
