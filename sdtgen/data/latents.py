@@ -252,7 +252,8 @@ def _check_shard(path: Path, shard: dict[str, Any], manifest: dict[str, Any]) ->
     return header, data_start
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in blocks (shards and weights can be large)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 24), b""):
@@ -343,7 +344,7 @@ def _kept_record(out_dir: Path, shard: dict[str, Any], plan: dict[str, Any],
     except LatentCacheError as error:
         logger.warning("%s is damaged (%s); recomputing it.", path, error)
         return None
-    sha256 = _file_sha256(path)
+    sha256 = file_sha256(path)
     recorded = {record["file"]: record for record in (previous or {}).get("shards", [])}
     if recorded.get(shard["file"], {}).get("sha256", sha256) != sha256:
         logger.warning("%s does not match its recorded sha256; recomputing it.", path)

@@ -10,7 +10,6 @@ writes `metrics.json` with every setting that produced the numbers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +19,7 @@ import torch
 import torch_fidelity
 from tqdm.auto import tqdm
 
+from sdtgen.data.latents import file_sha256
 from sdtgen.diffusion.sampling import sample_generators, sample_seed
 
 LABEL_MODES = ("balanced", "uniform")
@@ -83,7 +83,7 @@ def sample_checkpoint(ckpt: str | None, num_samples: int, *, labels_mode: str = 
     weights = next(source.model_dir.glob("*.safetensors"), None)
     settings = {
         "ckpt": str(source.path), "model": str(source.model_dir),
-        "model_sha256": _sha256(weights) if weights else None,
+        "model_sha256": file_sha256(weights) if weights else None,
         "objective": pipe.objective, "sampler": type(pipe.scheduler).__name__, "steps": steps, "cfg": cfg,
         "cfg_channels": cfg_channels or "all", "vae": vae or source.vae_spec() or "pipeline's own",
         "seed": seed, "num_samples": num_samples, "labels": labels_mode,
@@ -201,10 +201,3 @@ def write_metrics(out: Path, metrics: dict[str, Any], settings: dict[str, Any], 
     path.write_text(json.dumps(record, indent=2))
     return path
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
