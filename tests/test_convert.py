@@ -14,8 +14,8 @@ from sdtgen.cli import main
 from sdtgen.convert import ConversionError, convert_diffusers_dit, convert_original_dit
 from sdtgen.models.dit import SDTDiT
 from sdtgen.models.embeddings import sincos_pos_embed_2d
+from stand_ins import NUM_CLASSES, original_state_dict, tiny_diffusers_dit
 
-NUM_CLASSES = 10
 
 
 def make_inputs(channels: int, size: int, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -28,23 +28,6 @@ def make_inputs(channels: int, size: int, batch: int = 3) -> tuple[torch.Tensor,
 
 
 # ------------------------------------------------------------------ diffusers' DiT
-
-
-def tiny_diffusers_dit(tie_embedders: bool = True) -> DiTTransformer2DModel:
-    """A 2-block diffusers DiT with every weight random, the zero-initialised ones included."""
-    torch.manual_seed(0)
-    model = DiTTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
-        sample_size=8, patch_size=2, num_embeds_ada_norm=NUM_CLASSES,
-    )
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.1)
-        if tie_embedders:
-            shared = model.transformer_blocks[0].norm1.emb.state_dict()
-            for block in model.transformer_blocks[1:]:
-                block.norm1.emb.load_state_dict(shared)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -84,34 +67,6 @@ def test_diffusers_per_block_embedders_must_agree():
 
 
 # ------------------------------------------------------------------ original DiT
-
-
-def original_state_dict(depth: int, width: int, patch: int, grid: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random state dict in the original DiT layout, at the scale of trained weights.
-
-    Matrices have unit gain (std 1 / sqrt(fan_in)), so the adaLN gates and the output layer,
-    zero at DiT's init, carry signal like a trained model's do.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    channels, hidden = 4, 4 * width
-    shapes = {
-        "x_embedder.proj.weight": (width, channels, patch, patch), "x_embedder.proj.bias": (width,),
-        "pos_embed": (1, grid * grid, width),
-        "t_embedder.mlp.0.weight": (width, 256), "t_embedder.mlp.0.bias": (width,),
-        "t_embedder.mlp.2.weight": (width, width), "t_embedder.mlp.2.bias": (width,),
-        "y_embedder.embedding_table.weight": (NUM_CLASSES + 1, width),
-        "final_layer.linear.weight": (patch * patch * 2 * channels, width), "final_layer.linear.bias": (patch * patch * 2 * channels,),
-        "final_layer.adaLN_modulation.1.weight": (2 * width, width), "final_layer.adaLN_modulation.1.bias": (2 * width,),
-    }
-    for i in range(depth):
-        for name, (rows, cols) in {"attn.qkv": (3 * width, width), "attn.proj": (width, width), "mlp.fc1": (hidden, width),
-                                   "mlp.fc2": (width, hidden), "adaLN_modulation.1": (6 * width, width)}.items():
-            shapes[f"blocks.{i}.{name}.weight"], shapes[f"blocks.{i}.{name}.bias"] = (rows, cols), (rows,)
-    state = {}
-    for key, shape in shapes.items():
-        std = 0.02 if len(shape) == 1 else 1.0 if "embedding" in key or key == "pos_embed" else math.prod(shape[1:]) ** -0.5
-        state[key] = torch.randn(shape, generator=generator) * std
-    return state
 
 
 def reference_dit(state: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, heads: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 from sdtgen.cli import main
 from sdtgen.data.animals import load_animals
 from sdtgen.evaluation.evaluate import load_samples, sample_labels
+from stand_ins import stand_in_inception_weights
 from tiny_runs import random_model, write_run
 
 
@@ -73,16 +74,9 @@ def test_bad_sample_sets(tmp_path, capsys):
     assert "neither an .npz file nor a folder" in capsys.readouterr().err
 
 
-def test_inception_path_with_stand_in_weights(tmp_path, monkeypatch):
+def test_inception_path_with_stand_in_weights(tmp_path):
     """The real Inception weights cannot be downloaded here: a random file of the right shapes tests the wiring."""
-    import torch_fidelity.feature_extractor_inceptionv3 as inception
-
-    with monkeypatch.context() as patch:  # build the network once without any weights to get its shapes
-        patch.setattr(inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
-        patch.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *args, **kwargs: None)
-        network = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
-    weights = tmp_path / "stand-in-inception.pth"
-    torch.save(network.state_dict(), weights)
+    weights = stand_in_inception_weights(tmp_path / "stand-in-inception.pth")
     generator = np.random.default_rng(0)
     samples, reference = (generator.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8) for _ in range(2))
     np.savez(tmp_path / "samples.npz", arr_0=samples)

@@ -186,7 +186,8 @@ def compute_metrics(
 
     fid = fid_statistics_to_metric(fid_features_to_statistics(features[layer]),
                                    fid_features_to_statistics(reference_features), verbose=False)
-    isc = isc_features_to_metric(features[logits_layer], splits=ISC_SPLITS, rng_seed=seed)
+    splits = min(ISC_SPLITS, len(samples))  # torch-fidelity returns NaN for a split with no sample
+    isc = isc_features_to_metric(features[logits_layer], splits=splits, rng_seed=seed)
     kid = kid_features_to_metric(features[layer], reference_features, kid_subsets=KID_SUBSETS,
                                  kid_subset_size=subset, rng_seed=seed, verbose=False)
     # torch-fidelity's convention: input 1 is generated, input 2 is real.
@@ -213,7 +214,7 @@ def compute_metrics(
             "num_reference": len(reference_features),
             "kid_subset_size": subset,
             "kid_subsets": KID_SUBSETS,
-            "isc_splits": ISC_SPLITS,
+            "isc_splits": splits,
             "prc_neighborhood": PRC_NEIGHBORHOOD,
             "seed": seed,
         },
