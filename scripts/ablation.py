@@ -7,7 +7,7 @@ Each variant trains the built-in default (T/2, flow matching, the animals latent
 only `model.attention` changed: the same data order and random draws (they are functions
 of (seed, step)), the same steps and batch. Each is then scored with `sdtgen eval`'s code:
 class-balanced samples, the built-in feature network. Results go to
-`<out>/results.json`, `<out>/ablation.png` and, with --doc, docs/ablation.md.
+`<out>/results.json` and `<out>/ablation.png` (bars: the mean over seeds, dots: each seed).
 """
 
 from __future__ import annotations

@@ -81,6 +81,19 @@ class Source:
         return self.run_config["data"]["vae"]
 
 
+def process_state():
+    """This process's place under `accelerate launch` (one process otherwise).
+
+    accelerate's PartialState ignores ACCELERATE_USE_CPU (its Accelerator honours it), so a
+    CPU launch of several processes would run as that many independent single processes,
+    each doing all the work; pass it through.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def find_source(ckpt: str | Path | None) -> Source:
     """Read the folder `ckpt` names (None: the built-in run), or raise OSError / ValueError saying what is wrong."""
     if ckpt is None:

@@ -19,7 +19,7 @@ import torch
 
 from sdtgen.class_names import resolve_class, slug
 from sdtgen.diffusion.sampling import SAMPLERS, Guidance, check_steps, default_steps, sample_generators
-from sdtgen.loading import Source, find_source, load_pipeline
+from sdtgen.loading import Source, find_source, load_pipeline, process_state
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Classes sampled when --class is absent and the run names none: all of them, if this few.
@@ -100,10 +100,8 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> None:
-    from accelerate import PartialState
-
     source = find_source(args.ckpt)
-    state = PartialState()
+    state = process_state()
     if args.list_classes:
         if state.is_main_process:
             print(_class_listing(source.class_names, source.num_classes))
@@ -190,7 +188,7 @@ class SamplePlan:
             images = self.sample(pipe, mine, out, progress=state.is_main_process)
         everything = gather_object([images])
         if state.is_main_process:
-            self.write_summary(pipe, torch.cat(everything), out)
+            self.write_summary(pipe, torch.cat(everything), out, state.num_processes)
 
     def sample(self, pipe, indices: Sequence[int], out: Path | None, progress: bool = False) -> torch.Tensor:
         """Images (len(indices), C, H, W) in [0, 1] of the given samples, each also saved as a PNG in `out`."""
@@ -213,7 +211,7 @@ class SamplePlan:
         bar.close()
         return torch.cat(batches) if batches else torch.empty(0)
 
-    def write_summary(self, pipe, images: torch.Tensor, out: Path) -> None:
+    def write_summary(self, pipe, images: torch.Tensor, out: Path, num_processes: int) -> None:
         """grid.png (one row per class) and settings.json, which records how the samples were made."""
         from sdtgen.training.reporting import grid_image
 
@@ -226,7 +224,7 @@ class SamplePlan:
             "objective": pipe.objective, "scheduler": type(pipe.scheduler).__name__, "steps": self.steps,
             "cfg": self.cfg, "cfg_channels": args.cfg_channels, "cfg_interval": list(args.cfg_interval),
             "vae": args.vae or self.source.vae_spec() or (str(self.source.path / "vae") if pipe.vae is not None else "identity"), "seed": args.seed, "classes": self.classes, "num_per_class": args.num,
-            "dtype": args.dtype,
+            "dtype": args.dtype, "num_processes": num_processes,
         }
         (out / "settings.json").write_text(json.dumps(settings, indent=2))
         print(f"Wrote {self.total} samples ({len(self.classes)} classes x {args.num}), grid.png and settings.json to {out}")

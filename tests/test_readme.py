@@ -324,6 +324,7 @@ def test_imagenet_recipe_runs_with_stand_ins(tmp_path):
     assert all(np.isfinite(metrics[key]) for key in ("fid", "is", "kid", "precision", "recall"))
     assert provenance["feature_extractor"] == "inception-v3-compat"
     assert (provenance["num_samples"], provenance["labels"], provenance["steps"], provenance["cfg"]) == (8, "uniform", 250, 1.5)
+    assert provenance["num_processes"] == 2
 
 
 @pytest.mark.slow

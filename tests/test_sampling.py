@@ -52,8 +52,12 @@ def test_outputs_are_named_by_class_and_index(ddpm_run, tmp_path):
 
 
 def assert_same_outputs(a: dict[str, bytes], b: dict[str, bytes]) -> None:
-    """The same files; PNG pixels within 1/255, since batched matmuls may round ~1e-6 apart (draws are exact)."""
-    assert a.keys() == b.keys() and a.get("settings.json") == b.get("settings.json")
+    """The same files; PNG pixels within 1/255, since batched matmuls may round ~1e-6 apart (draws are exact);
+    the same settings but for the number of processes."""
+    assert a.keys() == b.keys()
+    if "settings.json" in a:
+        settings = [{k: v for k, v in json.loads(files["settings.json"]).items() if k != "num_processes"} for files in (a, b)]
+        assert settings[0] == settings[1]
     for name in (name for name in a if name.endswith(".png")):
         pixels = [np.asarray(Image.open(io.BytesIO(files[name])), dtype=np.int16) for files in (a, b)]
         assert np.abs(pixels[0] - pixels[1]).max() <= 1, name
@@ -239,4 +243,7 @@ def test_two_processes_write_the_images_of_one(ddpm_run, tmp_path):
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sdtgen.cli", "sample", *request, "--out", str(tmp_path / "two")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_outputs({path.name: path.read_bytes() for path in sorted((tmp_path / "two").iterdir())}, single)
+    two = {path.name: path.read_bytes() for path in sorted((tmp_path / "two").iterdir())}
+    assert_same_outputs(two, single)
+    # Each process sampled its share (a CPU launch once ran as two processes doing everything).
+    assert json.loads(two["settings.json"])["num_processes"] == 2 and json.loads(single["settings.json"])["num_processes"] == 1

@@ -60,15 +60,14 @@ def sample_checkpoint(ckpt: str | None, num_samples: int, *, labels_mode: str = 
     Returns (images uint8 NHWC, labels, settings) on the main process and (None, None,
     settings) elsewhere.
     """
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
     from sdtgen.diffusion.sampling import default_steps
-    from sdtgen.loading import find_source, load_pipeline
+    from sdtgen.loading import find_source, load_pipeline, process_state
 
     if num_samples < 2:
         raise ValueError(f"--num-samples must be at least 2, got {num_samples}.")
-    state = PartialState()
+    state = process_state()
     source = find_source(ckpt)
     run_sample = (source.run_config or {}).get("sample") or {}
     pipe = load_pipeline(source, vae=vae, sampler=sampler or run_sample.get("sampler")).to(state.device)
@@ -86,7 +85,7 @@ def sample_checkpoint(ckpt: str | None, num_samples: int, *, labels_mode: str = 
         "model_sha256": file_sha256(weights) if weights else None,
         "objective": pipe.objective, "sampler": type(pipe.scheduler).__name__, "steps": steps, "cfg": cfg,
         "cfg_channels": cfg_channels or "all", "vae": vae or source.vae_spec() or "pipeline's own",
-        "seed": seed, "num_samples": num_samples, "labels": labels_mode,
+        "seed": seed, "num_samples": num_samples, "labels": labels_mode, "num_processes": state.num_processes,
     }
     if not state.is_main_process:
         return None, None, settings
