@@ -2,12 +2,15 @@
 
 It is executed with nbclient (what nbmake uses) in a fresh kernel started in notebooks/, the
 way `pytest --nbmake notebooks/quickstart.ipynb` starts it. The notebook trains a short run in
-process (about 3 minutes on a 2-core CPU); SDTGEN_QUICKSTART_RUN points that run at a temporary
-folder, so the test always trains, never reuses runs/animals-sdt, and leaves runs/ untouched.
+process (about 1.5 minutes on a 2-core CPU); SDTGEN_QUICKSTART_RUN points that run at a temporary
+folder, so the test trains and leaves runs/ untouched. Under .ci/run (SDTGEN_REQUIRE_MAIN_JOB),
+where the main job has just trained runs/animals-sdt, the notebook takes its other path and
+loads that run, as it does for a newcomer who ran the main job first.
 The latent cache cache/animals-latents is shared with the other tools (made once, ~20 s).
 Skip it with `pytest -m "not slow"`.
 """
 
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +25,13 @@ TIMEOUT_S = 600  # the whole notebook, kernel start included
 
 @pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("SDTGEN_QUICKSTART_RUN", str(tmp_path / "quickstart"))
+    main_job_run = NOTEBOOK.parents[1] / "runs" / "animals-sdt"
+    if os.environ.get("SDTGEN_REQUIRE_MAIN_JOB"):
+        assert list(main_job_run.glob("checkpoints/checkpoint-*/model")), "the main job left no run"
+        run_dir = main_job_run
+    else:
+        run_dir = tmp_path / "quickstart"
+        monkeypatch.setenv("SDTGEN_QUICKSTART_RUN", str(run_dir))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
         "commit notebooks/quickstart.ipynb with its outputs cleared"
@@ -38,7 +47,6 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     )
     client.execute()  # raises CellExecutionError (with the cell's traceback) or CellTimeoutError
 
-    run_dir = tmp_path / "quickstart"
     assert (run_dir / "quickstart_grid.png").is_file()
     assert (run_dir / "decay_giraffe.png").is_file()
     printed = "".join(
