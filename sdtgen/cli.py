@@ -179,7 +179,6 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     from sdtgen.evaluation import evaluate
-    from sdtgen.loading import process_state
 
     out = Path(args.out)
     if args.samples:
@@ -191,7 +190,7 @@ def run_eval(args: argparse.Namespace) -> None:
         images, labels, settings = evaluate.sample_checkpoint(
             args.ckpt, args.num_samples, labels_mode=args.labels, seed=args.seed, steps=args.steps, cfg=args.cfg,
             cfg_channels=args.cfg_channels, sampler=args.sampler, vae=args.vae, batch_size=args.batch_size)
-        if not process_state().is_main_process:
+        if images is None:  # not the main process: it has handed its share to the main one
             return
         evaluate.save_npz(out / "samples.npz", images, labels)
     metrics = evaluate.score(images, labels, args.ref, inception_weights_path=args.inception_weights)

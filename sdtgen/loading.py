@@ -31,6 +31,8 @@ from sdtgen.training.checkpoint import list_checkpoints
 from sdtgen.training.config import RunConfig
 
 if TYPE_CHECKING:
+    from accelerate import PartialState
+
     from sdtgen.pipeline import SDTPipeline
 
 DEFAULT_RUN = RunConfig().output_dir
@@ -81,7 +83,7 @@ class Source:
         return self.run_config["data"]["vae"]
 
 
-def process_state():
+def process_state() -> PartialState:
     """This process's place under `accelerate launch` (one process otherwise).
 
     accelerate's PartialState ignores ACCELERATE_USE_CPU (its Accelerator honours it), so a

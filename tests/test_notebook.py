@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tiny_runs import main_job_run
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
@@ -25,10 +27,8 @@ TIMEOUT_S = 600  # the whole notebook, kernel start included
 
 @pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-    main_job_run = NOTEBOOK.parents[1] / "runs" / "animals-sdt"
     if os.environ.get("SDTGEN_REQUIRE_MAIN_JOB"):
-        assert list(main_job_run.glob("checkpoints/checkpoint-*/model")), "the main job left no run"
-        run_dir = main_job_run
+        run_dir = main_job_run()  # fails if the main job left no run
     else:
         run_dir = tmp_path / "quickstart"
         monkeypatch.setenv("SDTGEN_QUICKSTART_RUN", str(run_dir))

@@ -34,9 +34,8 @@ import torch
 from PIL import Image
 
 from stand_ins import cache_hub_vae, original_state_dict, stand_in_inception_weights, tiny_diffusers_dit
-from tiny_runs import random_model, write_run
+from tiny_runs import REPO, main_job_run, random_model, write_run
 
-REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 COMMAND_PREFIXES = ("sdtgen ", "accelerate ", "python ", "python3 ")
 
@@ -146,18 +145,18 @@ def shell_command(command: str, replacements=(), **values) -> str:
     return f"{shlex.quote(sys.executable)} -c {shlex.quote(text)}" if is_python_block else text
 
 
-def run(command: str, cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+def run(command: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"README command failed ({result.returncode}): {command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
-def scratch_env(tmp: Path, **extra: str) -> dict:
+def scratch_env(tmp: Path) -> dict:
     """This interpreter's tools first on PATH, no network, caches inside the scratch folder."""
     env = dict(os.environ)
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
                HF_HOME=str(tmp / "hf"), TORCH_HOME=str(tmp / "torch"), SDTGEN_CACHE_DIR=str(tmp / "sdtgen-cache"),
-               ACCELERATE_USE_CPU="1", PYTHONUNBUFFERED="1", **extra)
+               ACCELERATE_USE_CPU="1", PYTHONUNBUFFERED="1")
     return env
 
 
@@ -199,16 +198,6 @@ def test_reader_joins_lines_and_skips_fragments():
 
 
 # ------------------------------------------------------------------ the built-in run
-
-
-def main_job_run() -> Path | None:
-    """The run the main job leaves in the repository (made by .ci/run), if there is one."""
-    run_dir = REPO / "runs" / "animals-sdt"
-    if any((run_dir / "checkpoints").glob("checkpoint-*/model")):
-        return run_dir
-    if os.environ.get("SDTGEN_REQUIRE_MAIN_JOB"):
-        pytest.fail("SDTGEN_REQUIRE_MAIN_JOB is set but the main job left no checkpoint in runs/animals-sdt")
-    return None
 
 
 def test_main_job_leaves_what_the_readme_says():

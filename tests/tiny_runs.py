@@ -1,4 +1,5 @@
-"""Tiny random SDTDiT models saved in sdtgen's run layout, for the sampling and pipeline tests.
+"""Tiny random SDTDiT models saved in sdtgen's run layout, for the sampling and pipeline tests,
+and the main job's real run when .ci/run has made one.
 
 Every weight is random (adaLN-Zero and final layers included), so the output depends on
 the noise, the timestep and the class: a wrong label or seed changes the images.
@@ -7,8 +8,10 @@ the noise, the timestep and the class: a wrong label or seed changes the images.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from sdtgen.data.animals import ANIMAL_CLASSES
@@ -16,6 +19,17 @@ from sdtgen.models.dit import SDTDiT
 from sdtgen.training.config import config_to_dict, load_config, save_config
 
 STEP = 2
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main_job_run() -> Path | None:
+    """The run the main job leaves in the repository (made by .ci/run), if there is one."""
+    run_dir = REPO / "runs" / "animals-sdt"
+    if any((run_dir / "checkpoints").glob("checkpoint-*/model")):
+        return run_dir
+    if os.environ.get("SDTGEN_REQUIRE_MAIN_JOB"):
+        pytest.fail("SDTGEN_REQUIRE_MAIN_JOB is set but the main job left no checkpoint in runs/animals-sdt")
+    return None
 
 
 def random_model(objective: str = "ddpm", *, in_channels: int = 4, input_size: int = 16, num_classes: int = 10,
