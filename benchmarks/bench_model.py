@@ -9,10 +9,16 @@ median step time, its ratio to vanilla (1.00), and memory:
 - on CPU, the bytes autograd saves for backward during the forward (activation memory,
   exact and repeatable, which an RSS reading on a shared machine is not).
 
+The FLOPs of one step (forward + backward, counted by torch's FlopCounterMode on the
+vanilla model) turn times into GFLOP/s, and into MFU when --peak-tflops gives the device's
+dense peak (989 for an H100 / H200 SXM in bf16).
+
 Examples:
     python benchmarks/bench_model.py                                 # S/2, 256 tokens, batch 8, CPU fp32
     python benchmarks/bench_model.py --input-size 64 --batch 2      # 1024 tokens
+    python benchmarks/bench_model.py --preset T/2 --input-size 16 --batch 128   # the built-in run's step
     python benchmarks/bench_model.py --device cuda --dtype bf16 --batch 64 --markdown
+    python benchmarks/bench_model.py --device cuda --dtype bf16 --preset XL/2 --batch 32 --peak-tflops 989 --variants vanilla sdt
 """
 
 from __future__ import annotations
@@ -29,14 +35,31 @@ from sdtgen.models.attention import ATTENTION_VARIANTS
 from sdtgen.models.backends import flex_available
 
 
-def configurations(device: torch.device, include_math: bool) -> list[tuple[str, str]]:
-    backends = ["sdpa"] + (["flex"] if flex_available() and device.type == "cuda" else []) + (["math"] if include_math else [])
+def configurations(device: torch.device, include_math: bool, variants: list[str]) -> list[tuple[str, str]]:
+    backends = ["sdpa", "folded"] + (["flex"] if flex_available() and device.type == "cuda" else []) + (["math"] if include_math else [])
     rows = [("vanilla", "sdpa")]
-    for variant in ATTENTION_VARIANTS[1:]:
-        rows += [(variant, backend) for backend in backends]
     if device.type == "cuda" and flex_available():
-        rows.insert(1, ("vanilla", "flex"))
+        rows.append(("vanilla", "flex"))
+    for variant in variants:
+        if variant != "vanilla":
+            rows += [(variant, backend) for backend in backends]
     return rows
+
+
+def step_flops(model: SDTDiT, batch, dtype: torch.dtype) -> int:
+    """Floating-point operations of one vanilla training step, as counted by torch's dispatcher.
+
+    Counted through the math backend, whose attention is plain matmuls: the counter has no
+    formula for SDPA's fused CPU kernel and would leave attention out.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    backend = model.config.attention_backend
+    model.set_attention_backend("math")
+    with FlopCounterMode(display=False) as counter:
+        training_step(model, batch, dtype)
+    model.set_attention_backend(backend)
+    return counter.get_total_flops()
 
 
 class SavedBytes:
@@ -102,6 +125,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--math", action="store_true", help="also time the reference math backend")
+    parser.add_argument("--variants", nargs="+", default=list(ATTENTION_VARIANTS), choices=ATTENTION_VARIANTS, help="attention variants to time")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile'd models (compiled in the warm-up rounds)")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense peak TFLOP/s in --dtype, to report MFU")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args()
 
@@ -111,11 +137,12 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
-    rows = configurations(device, args.math)
+    rows = configurations(device, args.math, args.variants)
     models = {}
     for variant, backend in rows:
         model = SDTDiT.from_preset(args.preset, attention=variant, attention_backend=backend, input_size=args.input_size)
         models[variant, backend] = model.to(device).train()
+    runners = {row: torch.compile(model) if args.compile else model for row, model in models.items()}
     out_channels = models[rows[0]].out_channels
     batch = (
         torch.randn(args.batch, 4, args.input_size, args.input_size, device=device),
@@ -128,24 +155,29 @@ def main() -> None:
         for row in rows:
             synchronize(device)
             start = time.perf_counter()
-            training_step(models[row], batch, dtype)
+            training_step(runners[row], batch, dtype)
             synchronize(device)
             if round_index >= 2:
                 times[row].append(time.perf_counter() - start)
     memory = {row: measure_memory(models[row], batch, dtype, device) for row in rows}
+    flops = step_flops(models[rows[0]], batch, dtype)
 
     tokens = (args.input_size // models[rows[0]].config.patch_size) ** 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     memory_kind = "peak MiB" if device.type == "cuda" else "saved-for-backward MiB"
     base_time, base_memory = statistics.median(times[rows[0]]), memory[rows[0]]
-    print(f"\n{args.preset}, {tokens} tokens, batch {args.batch}, {args.dtype}, {name}, torch {torch.__version__}, median of {args.repeats}")
-    header = f"| variant | backend | step ms | x vanilla | {memory_kind} | x vanilla |"
+    print(f"\n{args.preset}, {tokens} tokens, batch {args.batch}, {args.dtype}{', compiled' if args.compile else ''}, {name}, torch {torch.__version__}, median of {args.repeats}")
+    print(f"vanilla step: {flops / 1e9:.1f} GFLOP (forward + backward); GFLOP/s and MFU below use it for every row")
+    header = f"| variant | backend | step ms | x vanilla | images/s | GFLOP/s | MFU | {memory_kind} | x vanilla |"
     print(header if args.markdown else header.replace("|", " "))
     if args.markdown:
-        print("|---|---|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         step = statistics.median(times[row])
-        line = f"| {row[0]} | {row[1]} | {step * 1e3:.1f} | {step / base_time:.2f} | {memory[row]:.0f} | {memory[row] / base_memory:.2f} |"
+        achieved = flops / step / 1e9
+        mfu = f"{achieved / 1e3 / args.peak_tflops:.1%}" if args.peak_tflops else "-"
+        line = (f"| {row[0]} | {row[1]} | {step * 1e3:.1f} | {step / base_time:.2f} | {args.batch / step:.1f} | {achieved:.1f} | {mfu} | "
+                f"{memory[row]:.0f} | {memory[row] / base_memory:.2f} |")
         print(line if args.markdown else line.replace("|", " "))
 
 

@@ -1,4 +1,4 @@
-"""Sampling throughput (images/s) of vanilla vs SDT attention through SDPA vs FlexAttention.
+"""Sampling throughput (images/s) of vanilla vs SDT attention through each backend and dtype.
 
 Every configuration is built up front and timed round-robin, one full sampling call each
 per round (so drifts in machine load hit all alike), after one warm-up round that also
@@ -9,6 +9,7 @@ the speed does not depend on the weights.
 
 Examples:
     python benchmarks/bench_sampling.py --preset T/2 --input-size 16 --batch 8 --steps 5   # tiny, CPU
+    python benchmarks/bench_sampling.py --preset T/2 --input-size 16 --batch 50 --dtype fp32 bf16   # fp32 vs bf16
     python benchmarks/bench_sampling.py --device cuda --dtype bf16 --preset XL/2 --batch 64 --markdown
 """
 
@@ -26,7 +27,7 @@ from sdtgen import SDTDiT
 from sdtgen.diffusion.sampling import sample_latents
 from sdtgen.models.backends import flex_available
 
-ROWS = (("vanilla", "sdpa"), ("vanilla", "flex"), ("sdt", "sdpa"), ("sdt", "flex"))
+ROWS = (("vanilla", "sdpa"), ("vanilla", "flex"), ("sdt", "sdpa"), ("sdt", "folded"), ("sdt", "flex"))
 
 
 def sampling_call(model: SDTDiT, labels: torch.Tensor, args: argparse.Namespace) -> float:
@@ -48,22 +49,22 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=1.5)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (after 1 warm-up round)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--dtype", nargs="+", default=["fp32"], choices=["fp32", "bf16"], help="one or more, timed side by side")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args()
 
     diffusers_logging.set_verbosity_error()  # ModelMixin.to(dtype) warns about fp32 modules that SDTDiT does not have
     device = torch.device(args.device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    rows = [row for row in ROWS if row[1] != "flex" or flex_available()]
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    rows = [(*row, name) for name in args.dtype for row in ROWS if row[1] != "flex" or flex_available()]
     torch.manual_seed(0)
     models = {
-        (variant, backend): SDTDiT.from_preset(args.preset, attention=variant, attention_backend=backend, input_size=args.input_size)
-        .to(device=device, dtype=dtype).eval()
-        for variant, backend in rows
+        (variant, backend, name): SDTDiT.from_preset(args.preset, attention=variant, attention_backend=backend, input_size=args.input_size)
+        .to(device=device, dtype=dtypes[name]).eval()
+        for variant, backend, name in rows
     }
     labels = torch.arange(args.batch, device=device) % models[rows[0]].config.num_classes
-    times: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
+    times: dict[tuple[str, str, str], list[float]] = {row: [] for row in rows}
     for round_index in range(args.repeats + 1):
         for row in rows:
             seconds = sampling_call(models[row], labels, args)
@@ -75,10 +76,10 @@ def main() -> None:
     print(f"\n{args.preset}, {tokens} tokens, batch {args.batch}, DDIM {args.steps} steps, cfg {args.cfg}, {args.dtype}, "
           f"{name}, torch {torch.__version__}, median of {args.repeats}")
     base = statistics.median(times[rows[0]])
-    table = [["attention", "backend", "images/s", "x vanilla sdpa", "s per call"]]
-    for variant, backend in rows:
-        seconds = statistics.median(times[variant, backend])
-        table.append([variant, backend, f"{args.batch / seconds:.1f}", f"{base / seconds:.2f}", f"{seconds:.3f}"])
+    table = [["attention", "backend", "dtype", "images/s", f"x vanilla sdpa {args.dtype[0]}", "s per call"]]
+    for row in rows:
+        seconds = statistics.median(times[row])
+        table.append([*row, f"{args.batch / seconds:.1f}", f"{base / seconds:.2f}", f"{seconds:.3f}"])
     print_table(table, args.markdown)
 
 
@@ -89,7 +90,7 @@ def print_table(table: list[list[str]], markdown: bool) -> None:
         if markdown:
             print("| " + " | ".join(cells) + " |")
             if index == 0:
-                print("|---|---|" + "---:|" * (len(cells) - 2))
+                print("|---|---|---|" + "---:|" * (len(cells) - 3))
         else:
             print("  ".join(cell.rjust(width) for cell, width in zip(cells, widths)))
 

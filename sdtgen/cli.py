@@ -2,8 +2,9 @@
 
 Each subcommand is a pair: `add_<name>_parser(subparsers)` declares its arguments and
 `run_<name>(args)` calls library code with them; `SUBCOMMANDS` lists the adders. Errors
-that are the user's (the library raises ValueError or OSError with a message that says
-what to do) become one line `sdtgen <name>: error: ...` and exit code 2.
+become one line `sdtgen <name>: error: ...` and exit code 2 (bad input: the library raises
+ValueError or OSError with a message that says what to do) or 1 (a failure while running);
+see sdtgen/errors.py. SDTGEN_DEBUG=1 shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
+from sdtgen.errors import one_line_errors
 from sdtgen.models.attention import ATTENTION_VARIANTS
-from sdtgen.sampling_cli import add_export_parser, add_sample_parser
+from sdtgen.sampling_cli import add_export_parser, add_sample_parser, check_seed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,6 +128,10 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_inspect(args: argparse.Namespace) -> None:
     from sdtgen.inspect import inspect_checkpoint
 
+    if not 0 <= args.timestep <= 1000:
+        raise ValueError(f"--timestep must be in 0..1000 (0 = clean, 1000 = pure noise), got {args.timestep:g}.")
+    check_seed(args.seed, 1)
+
     path = inspect_checkpoint(args.ckpt, args.class_spec, args.out, token=tuple(args.token) if args.token else None,
                               block=args.block, timestep=args.timestep, seed=args.seed, cfg=args.cfg, vae=args.vae)
     print(f"Wrote {path}")
@@ -180,6 +186,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     from sdtgen.evaluation import evaluate
 
+    evaluate.check_reference(args.ref, args.inception_weights)  # before sampling, which may take hours
     out = Path(args.out)
     if args.samples:
         images, labels = evaluate.load_samples(args.samples)
@@ -187,6 +194,7 @@ def run_eval(args: argparse.Namespace) -> None:
     else:
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be at least 1, got {args.steps}.")
+        check_seed(args.seed, args.num_samples)
         images, labels, settings = evaluate.sample_checkpoint(
             args.ckpt, args.num_samples, labels_mode=args.labels, seed=args.seed, steps=args.steps, cfg=args.cfg,
             cfg_channels=args.cfg_channels, sampler=args.sampler, vae=args.vae, batch_size=args.batch_size)
@@ -238,13 +246,10 @@ def _library_messages_to_stderr(prog: str) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `sdtgen` console script; returns the exit code (errors exit 2)."""
+    """Entry point of the `sdtgen` console script; returns 0, or exits 2 (bad input) or 1 (failure)."""
     args = build_parser().parse_args(argv)
-    with _library_messages_to_stderr(args.parser.prog):
-        try:
-            args.run(args)
-        except (ValueError, OSError) as error:
-            args.parser.error(str(error))
+    with _library_messages_to_stderr(args.parser.prog), one_line_errors(args.parser.prog):
+        args.run(args)
     return 0
 
 

@@ -3,7 +3,7 @@
 Both sources hold the same network as SDTDiT with `attention="vanilla"`; only the names
 differ (SDTDiT uses the original DiT's names). Any other attention variant is a *warm
 start*: the pretrained weights plus a spatial decay that starts near zero and trains
-(our extension, SDT_METHOD.md section 2; the value is documented in docs/converting.md).
+(our extension, docs/method.md "Warm start"; the value is documented in docs/converting.md).
 
     model = convert_original_dit("DiT-XL-2-256x256.pt", attention="sdt")
     model.save_pretrained("dit-xl-2-sdt")

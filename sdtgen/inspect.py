@@ -88,6 +88,7 @@ def inspect_checkpoint(ckpt: str | None, class_spec: str, out: str | Path, *, to
     from sdtgen.class_names import resolve_class
     from sdtgen.diffusion.sampling import sample_latents, sample_seed
     from sdtgen.loading import find_source, load_pipeline
+    from sdtgen.sampling_cli import check_finite
 
     source = find_source(ckpt)
     pipe = load_pipeline(source, vae=vae)
@@ -101,6 +102,7 @@ def inspect_checkpoint(ckpt: str | None, class_spec: str, out: str | Path, *, to
         raise ValueError(f"--token {token[0]} {token[1]} is outside the {model.grid[0]}x{model.grid[1]} token grid.")
     guidance = cfg if cfg is not None else (1.5 if model.config.class_dropout_prob > 0 else 1.0)
     latent = sample_latents(model, torch.tensor([label]), [sample_seed(seed, 0)], objective=source.objective(), cfg=guidance)
+    check_finite(latent, "The sample to inspect")
     image = pipe.latent_vae().decode(latent)[0]
     lam = collect_log_decay(model, latent, timestep, label)[block]
     name = pipe.class_names[label] if pipe.class_names else str(label)

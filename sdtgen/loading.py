@@ -17,6 +17,7 @@ objective otherwise, and the VAE always, must be given.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import yaml
 
 from sdtgen.class_names import display_names, id2label_names
 from sdtgen.diffusion.sampling import DEFAULT_SAMPLER, make_scheduler, objective_of
-from sdtgen.training.checkpoint import list_checkpoints
+from sdtgen.training.checkpoint import check_finite_weights, list_checkpoints
 from sdtgen.training.config import RunConfig
 
 if TYPE_CHECKING:
@@ -93,7 +94,25 @@ def process_state() -> PartialState:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    check_launch(state.num_processes)
+    return state
+
+
+def check_launch(num_processes: int) -> None:
+    """Stop a launch whose processes did not join into one job; ValueError saying how to launch.
+
+    Without a GPU, `accelerate launch --multi_gpu --num_processes N` lacking ACCELERATE_USE_CPU=1
+    starts N processes that each see a world of one: N independent jobs writing the same
+    files. The launcher's WORLD_SIZE still says N.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and num_processes == 1:
+        raise ValueError(
+            f"Launched as {launched} processes, but they did not join into one job (no GPU here, and accelerate was "
+            "not told to use the CPU). On a CPU-only machine launch with "
+            f"`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {launched} ...`."
+        )
 
 
 def find_source(ckpt: str | Path | None) -> Source:
@@ -145,11 +164,17 @@ def load_pipeline(source: Source, *, vae: str | None = None, objective: str | No
         autoencoder = load_vae(spec, image_channels=image_channels, dtype=dtype).autoencoder
     if source.kind != "pipeline":
         model = _load(SDTDiT.from_pretrained, source.model_dir, dtype=dtype)
+        check_finite_weights(model.state_dict(), _weights_file(source.model_dir))
         return SDTPipeline(model, scheduler, autoencoder, dict(enumerate(source.class_names)) if source.class_names else None)
     pipe = _load(SDTPipeline.from_pretrained, source.path, dtype=dtype)
+    check_finite_weights(pipe.transformer.state_dict(), _weights_file(source.model_dir))
     if scheduler is None and spec is None:
         return pipe
     return SDTPipeline(pipe.transformer, scheduler or pipe.scheduler, autoencoder if spec is not None else pipe.vae, pipe.config.id2label)
+
+
+def _weights_file(model_dir: Path) -> Path:
+    return next(model_dir.glob("*.safetensors"), model_dir)
 
 
 def _load(loader: Callable, folder: Path, **kwargs):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from sdtgen.class_names import resolve_class, slug
-from sdtgen.diffusion.sampling import SAMPLERS, Guidance, check_steps, default_steps, sample_generators
+from sdtgen.diffusion.sampling import SAMPLERS, SEED_STRIDE, Guidance, check_steps, default_steps, sample_generators
 from sdtgen.loading import Source, find_source, load_pipeline, process_state
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -117,6 +117,22 @@ def _class_listing(names: Sequence[str] | None, num_classes: int) -> str:
     return "\n".join(f"{i:>{width}}  {name}" for i, name in enumerate(names))
 
 
+def check_seed(seed: int, count: int) -> None:
+    """ValueError unless samples 0..count-1 of `seed` all get a seed torch accepts (0..2**64 - 1)."""
+    largest = (2**64 - count) // SEED_STRIDE
+    if not 0 <= seed <= largest:
+        raise ValueError(f"--seed must be in 0..{largest}, got {seed}.")
+
+
+def check_finite(images: torch.Tensor, what: str) -> None:
+    """Refuse samples with NaN or inf: saved as images they would be black, and look like a result."""
+    if not torch.isfinite(images).all():
+        raise RuntimeError(
+            f"{what} came out non-finite (NaN or inf): the model's weights or the sampler settings are broken "
+            "(try --dtype fp32, fewer --cfg, or another checkpoint)."
+        )
+
+
 def _check_device(name: str) -> None:
     try:
         device = torch.device(name)
@@ -140,8 +156,6 @@ class SamplePlan:
         for name, value in (("--num", args.num), ("--batch-size", args.batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
-        if args.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {args.seed}.")
         if args.device:
             _check_device(args.device)
         run_sample_config: dict[str, Any] = (source.run_config or {}).get("sample") or {}
@@ -161,6 +175,7 @@ class SamplePlan:
                 )
             specs = range(source.num_classes)
         classes = list(dict.fromkeys(resolve_class(spec, source.class_names, source.num_classes) for spec in specs))
+        check_seed(args.seed, len(classes) * args.num)
         return cls(args, source, classes, cfg, steps, args.sampler or run_sample_config.get("sampler"))
 
     def label(self, index: int) -> int:
@@ -203,6 +218,7 @@ class SamplePlan:
                 generator=sample_generators(args.seed, chunk), guidance_channels=args.cfg_channels,
                 guidance_interval=tuple(args.cfg_interval), output_type="pt",
             ).images.float().cpu()
+            check_finite(images, f"Samples {chunk[0]}..{chunk[-1]}")
             if out is not None:
                 for i, image in zip(chunk, pipe.numpy_to_pil(images.permute(0, 2, 3, 1).numpy())):
                     image.save(out / self.file_name(i))

@@ -1,4 +1,4 @@
-"""The SDT attention against independent, brute-force statements of SDT_METHOD.md."""
+"""The SDT attention against independent, brute-force statements of docs/method.md."""
 
 import math
 

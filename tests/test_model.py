@@ -105,10 +105,14 @@ def test_model_is_deterministic_in_training_mode():
 
 
 def test_auto_backend_choice():
-    assert resolve_backend("auto", has_bias=False, device=torch.device("cpu")) == "sdpa"
-    assert resolve_backend("auto", has_bias=True, device=torch.device("cpu")) == "sdpa"
-    assert resolve_backend("auto", has_bias=True, device=torch.device("cuda")) == "flex"
-    assert resolve_backend("math", has_bias=True, device=torch.device("cuda")) == "math"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_backend("auto", "vanilla", 1024, cpu) == resolve_backend("auto", "vanilla", 256, cuda) == "sdpa"
+    assert resolve_backend("auto", "sdt", 256, cpu) == "sdpa" and resolve_backend("auto", "sdt", 1024, cpu) == "folded"
+    assert resolve_backend("auto", "learned-fixed", 64, cpu) == "sdpa" and resolve_backend("auto", "learned-fixed", 256, cpu) == "folded"
+    assert resolve_backend("auto", "fixed", 4096, cpu) == resolve_backend("auto", "sdt", 1024, cpu, training=False) == "sdpa"
+    assert resolve_backend("auto", "sdt-decomposed", 4096, cpu) == "sdpa"
+    assert resolve_backend("auto", "sdt", 256, cuda) == "flex"
+    assert resolve_backend("math", "sdt", 256, cuda) == "math"
 
 
 def test_bad_inputs_give_clear_errors():

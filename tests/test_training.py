@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from sdtgen import SDTDiT
@@ -22,11 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "data.vae=identity", "data.latent_cache=null", "model.preset=S/4", "model.depth=2", "model.hidden_size=64",
     "model.num_heads=2", "train.global_batch_size=8", "train.log_every=1", "sample.per_class=1", "sample.steps=2",
-    "train.ema_warmup=true", "objective=ddpm", "train.final_eval=false",
+    "train.ema_warmup=true", "objective=ddpm", "train.final_eval=false", "train.mixed_precision=no",
 ]
 
 
 def run(tmp: Path, *overrides: str) -> Path:
+    # Accelerate keeps one process-wide state whose precision cannot change; these runs switch it.
+    AcceleratorState._reset_state(reset_partial_state=True)
     return train(load_config(None, [f"output_dir={tmp}", *TINY, *overrides]))
 
 
@@ -53,6 +56,47 @@ def test_resume_is_exact(tmp_path):
     assert [r["step"] for r in losses(resumed)] == [1, 2, 3, 4, 5, 6]
     assert losses(resumed) == losses(straight)
     assert_same_weights(final_weights(resumed, 6), final_weights(straight, 6))
+
+
+def test_the_run_that_builds_the_latent_cache_trains_the_same_model_as_runs_that_reuse_it(tmp_path):
+    # Extraction draws from the global generator (its DataLoader does); initialisation must not
+    # see that. Builds with two batch sizes, then reuses: one model, bit for bit.
+    cache = [f"data.latent_cache={tmp_path / 'cache'}", "train.max_steps=2", "train.checkpoint_every=2"]
+    builds = run(tmp_path / "builds", *cache, "data.extract_batch_size=1000")
+    reuses = run(tmp_path / "reuses", *cache)
+    rebuilt = run(tmp_path / "rebuilt", f"data.latent_cache={tmp_path / 'cache2'}", "train.max_steps=2", "train.checkpoint_every=2",
+                  "data.extract_batch_size=333")
+    assert (tmp_path / "cache" / "manifest.json").is_file()
+    assert losses(builds) == losses(reuses) == losses(rebuilt)
+    assert_same_weights(final_weights(builds, 2), final_weights(reuses, 2))
+    assert_same_weights(final_weights(builds, 2), final_weights(rebuilt, 2))
+
+
+def test_resume_is_exact_in_bf16(tmp_path):
+    bf16 = ("train.mixed_precision=bf16", "train.checkpoint_every=2")
+    straight = run(tmp_path / "straight", "train.max_steps=4", *bf16)
+    resumed = run(run(tmp_path / "resumed", "train.max_steps=2", *bf16), "train.max_steps=4", *bf16, "train.resume=latest")
+    assert losses(resumed) == losses(straight)
+    assert_same_weights(final_weights(resumed, 4), final_weights(straight, 4))
+    assert load_config(tmp_path / "straight" / "config.yaml").train.mixed_precision == "bf16"
+
+
+def test_bf16_accumulation_matches_to_bf16_rounding(tmp_path):
+    # Splitting the batch changes bf16 rounding inside the kernels, so bf16 runs agree with
+    # each other to bf16 precision, not bit for bit (docs/training_on_your_data.md).
+    whole = run(tmp_path / "whole", "train.max_steps=3", "train.checkpoint_every=3", "train.mixed_precision=bf16")
+    accumulated = run(tmp_path / "accum", "train.max_steps=3", "train.checkpoint_every=3", "train.mixed_precision=bf16",
+                      "train.micro_batch_size=2")
+    for a, b in zip(losses(whole), losses(accumulated)):
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-2)
+
+
+def test_auto_precision_is_resolved_and_recorded(tmp_path):
+    from sdtgen.training.precision import cpu_has_fast_bf16
+
+    run_dir = run(tmp_path, "train.max_steps=1", "train.mixed_precision=auto")
+    recorded = load_config(run_dir / "config.yaml").train.mixed_precision
+    assert recorded == ("bf16" if cpu_has_fast_bf16() else "no")
 
 
 def test_a_failed_save_leaves_nothing_that_resume_would_pick(tmp_path, monkeypatch):

@@ -155,8 +155,12 @@ def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and ``os.replace``, so ``path`` is never half-written."""
-    temporary = path.with_name(path.name + ".tmp")
+    """Write via a temporary file and ``os.replace``, so ``path`` is never half-written.
+
+    The temporary name carries the pid: processes that share the cache folder by mistake
+    (a misconfigured launch) must not write into one another's temporary file.
+    """
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)
         handle.flush()

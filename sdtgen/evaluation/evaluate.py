@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from sdtgen.data.latents import file_sha256
 from sdtgen.diffusion.sampling import sample_generators, sample_seed
+from sdtgen.sampling_cli import check_finite
 
 LABEL_MODES = ("balanced", "uniform")
 INCEPTION = "inception-v3-compat"
@@ -45,6 +46,7 @@ def generate(pipe, labels: Sequence[int], indices: Sequence[int], *, seed: int, 
         chunk = list(indices[start : start + batch_size])
         images = pipe(class_labels=[labels[i] for i in chunk], num_inference_steps=steps, guidance_scale=cfg,
                       generator=sample_generators(seed, chunk), guidance_channels=cfg_channels, output_type="np").images
+        check_finite(torch.from_numpy(images), f"Samples {chunk[0]}..{chunk[-1]}")
         chunks.append(torch.from_numpy((np.clip(images, 0, 1) * 255).round().astype(np.uint8)))
         bar.update(len(chunk))
     bar.close()
@@ -133,11 +135,32 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     files = sorted(p for p in path.glob("*.png") if p.name != "grid.png")
     if not files:
         raise FileNotFoundError(f"{path} holds no sample PNGs.")
-    images = np.stack([np.asarray(Image.open(p)) for p in files])
+    arrays = [np.asarray(Image.open(p)) for p in files]
+    for file, array in zip(files, arrays):
+        if array.shape != arrays[0].shape:
+            raise ValueError(f"{file} is {_size(array)} but {files[0].name} is {_size(arrays[0])}: "
+                             f"the samples in {path} must all have one size and mode.")
+    images = np.stack(arrays)
     images = images[..., None] if images.ndim == 3 else images
     names = [p.name.split("-", 1)[0] for p in files]
     labels = np.asarray([int(n) for n in names]) if all(n.isdigit() for n in names) else None
     return images, labels
+
+
+def _size(image: np.ndarray) -> str:
+    channels = image.shape[2] if image.ndim == 3 else 1
+    return f"{image.shape[1]}x{image.shape[0]} with {channels} channel{'s' * (channels > 1)}"
+
+
+def check_reference(ref: str, inception_weights_path: str | None = None) -> None:
+    """FileNotFoundError unless `ref` and the Inception weights it needs are there: checked before sampling."""
+    if not (ref == "animals" or ref.endswith(".npz") or Path(ref).is_dir()):
+        raise FileNotFoundError(f"--ref {ref} is not 'animals', an .npz reference batch, or an image folder.")
+    if ref == "animals":
+        return
+    inception_weights(inception_weights_path)
+    if not Path(ref).exists():
+        raise FileNotFoundError(f"--ref {ref} does not exist.")
 
 
 def reference_images(ref: str, image_size: int) -> np.ndarray:
@@ -169,6 +192,7 @@ def score(images: np.ndarray, labels: np.ndarray | None, ref: str, *, inception_
     """Metrics of uint8 NHWC images against `ref`: `animals`, an ADM `.npz` or an image folder."""
     from sdtgen.evaluation.metrics import compute_metrics, fid_against_npz
 
+    check_reference(ref, inception_weights_path)
     if ref == "animals":
         return compute_metrics(images, labels, reference="animals")
     weights = inception_weights(inception_weights_path)
@@ -182,8 +206,6 @@ def score(images: np.ndarray, labels: np.ndarray | None, ref: str, *, inception_
                 full["provenance"]["fid_reference"] = result["provenance"]["reference"]
                 return full
         return result
-    if not Path(ref).is_dir():
-        raise FileNotFoundError(f"--ref {ref} is not 'animals', an .npz reference batch, or an image folder.")
     return compute_metrics(images, None, reference=reference_images(ref, images.shape[1]), feature_extractor=INCEPTION,
                            feature_extractor_weights_path=weights)
 

@@ -1,6 +1,6 @@
 """Self-attention with a learned, content-dependent 2D spatial decay (SDT) and its ablations.
 
-Variants (SDT_METHOD.md section 4):
+Variants (docs/method.md):
 
 | variant          | bias M                                         | learnable decay params |
 | vanilla          | none (plain DiT)                               | none                   |
@@ -87,7 +87,7 @@ class SpatialDecayAttention(nn.Module):
             raise ValueError(f"Width {dim} is not divisible by {num_heads} heads.")
         if rope and (dim // num_heads) % 4:
             raise ValueError(f"2D RoPE needs a head size divisible by 4, got {dim // num_heads}.")
-        resolve_backend(backend, has_bias=False, device=torch.device("cpu"))  # validate the name early
+        resolve_backend(backend, "vanilla", 1, torch.device("cpu"))  # validate the name early
         self.num_heads = num_heads
         self.attention = attention
         self.backend = backend
@@ -113,8 +113,8 @@ class SpatialDecayAttention(nn.Module):
         """Initialise the decay so every variant starts at RMT's fixed schedule (times the scale).
 
         `sdt` starts with a zero gate weight and bias logit(gamma_h), so G = log(gamma_h) for
-        every token and the model equals `fixed` exactly at step 0 (our choice, SDT_METHOD.md
-        section 2); training then makes the decay content-dependent. Called again by the
+        every token and the model equals `fixed` exactly at step 0 (our choice, docs/method.md,
+        "Initialisation"); training then makes the decay content-dependent. Called again by the
         model after its generic weight initialisation, which would otherwise overwrite this.
         """
         log_gamma = torch.log(rmt_gammas(self.num_heads, self.decay_init, self.decay_range))
@@ -145,8 +145,8 @@ class SpatialDecayAttention(nn.Module):
         gate_log = F.logsigmoid(self.gate(x).float())  # (B, N, H), G <= 0
         return (self.alpha.abs().float()[:, None] * gate_log.transpose(1, 2)).to(x.dtype)
 
-    def resolved_backend(self, device: torch.device) -> str:
-        return resolve_backend(self.backend, has_bias=self.attention != "vanilla", device=device)
+    def resolved_backend(self, device: torch.device, tokens: int) -> str:
+        return resolve_backend(self.backend, self.attention, tokens, device, training=torch.is_grad_enabled())
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         batch, tokens, dim = x.shape
@@ -156,7 +156,7 @@ class SpatialDecayAttention(nn.Module):
         if self.rope:
             q, k = apply_rope_2d(q, grid), apply_rope_2d(k, grid)
         lam = self.log_decay(x)
-        backend = self.resolved_backend(x.device)
+        backend = self.resolved_backend(x.device, tokens)
         if self.attention == "sdt-decomposed":
             out = decomposed_grid_attention(q, k, v, lam, grid, backend)
         else:

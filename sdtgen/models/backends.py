@@ -1,8 +1,10 @@
-"""Three ways to compute softmax(q k^T / sqrt(D) + M) v with the spatial decay bias M.
+"""Four ways to compute softmax(q k^T / sqrt(D) + M) v with the spatial decay bias M.
 
 - `math`: materialise M and the attention matrix; the readable reference, for tests.
 - `sdpa`: PyTorch's scaled_dot_product_attention with M as a float `attn_mask`
   (fused kernels on CPU and GPU, gradients flow into M; memory O(B * H * N^2)).
+- `folded`: M folded exactly into extra q / k features (sdtgen/models/folded.py), then
+  SDPA with no mask: the fused / flash kernels, no N x N tensor, deterministic backward.
 - `flex`: FlexAttention with a `score_mod` that adds the bias on the fly, so M is never
   materialised (compiled; forward and backward on GPU, forward only on CPU in torch 2.14).
 
@@ -19,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from sdtgen.models.decay import decay_bias
+from sdtgen.models.folded import MAX_FOLDED_HEAD_DIM, attention_folded, folded_head_dim, is_token_constant
 
-BACKENDS = ("auto", "math", "sdpa", "flex")
+BACKENDS = ("auto", "math", "sdpa", "flex", "folded")
 
 Grid = tuple[int, int]
 
@@ -82,15 +85,36 @@ def attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch
     return _flex_attention()(q, k, v, score_mod=add_decay)
 
 
-_BACKEND_FUNCTIONS = {"math": attention_math, "sdpa": attention_sdpa, "flex": attention_flex}
+def attention_folded_or_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid) -> torch.Tensor:
+    """The folded backend; grids whose features would pass the kernels' head-size limit fall back
+    to FlexAttention on CUDA (no N x N tensor) and to SDPA with the mask elsewhere."""
+    if lam is not None and folded_head_dim(q.shape[-1], grid, is_token_constant(lam)) > MAX_FOLDED_HEAD_DIM:
+        fallback = attention_flex if q.device.type == "cuda" and flex_available() else attention_sdpa
+        return fallback(q, k, v, lam, grid)
+    return attention_folded(q, k, v, lam, grid)
 
 
-def resolve_backend(requested: str, has_bias: bool, device: torch.device) -> str:
-    """Pick the concrete backend for `auto`: the fastest path that supports the request.
+_BACKEND_FUNCTIONS = {"math": attention_math, "sdpa": attention_sdpa, "flex": attention_flex, "folded": attention_folded_or_mask}
+
+
+# `auto` on CPU, from benchmarks/bench_model.py (docs/benchmarks.md: training steps on a
+# 2-core AVX2 CPU, fp32, x vanilla). Folding widens attention (head 64 -> 96 at 64 tokens,
+# 128 at 256, 192 at 1024); it pays only where the mask needs a gradient and its N x N
+# traffic dominates. learned-fixed: mask 0.98 vs folded 1.09 (64 tokens), 1.09 vs 1.04
+# (256), 1.51 vs 1.28 (1024); sdt: 1.07 vs 1.12, 1.13 vs 1.22, 1.76 vs 1.63. A mask without
+# gradient (fixed) stays on SDPA's fused kernel and always wins (1.00 vs 1.26 at 1024), as
+# does sdt-decomposed, whose lines of <= 32 tokens make small masks (0.79 vs 1.02 at 1024).
+_CPU_FOLDED_FROM_TOKENS = {"learned-fixed": 256, "sdt": 1024}
+
+
+def resolve_backend(requested: str, variant: str, tokens: int, device: torch.device, training: bool = True) -> str:
+    """Pick the concrete backend for `auto`: the fastest measured path that supports the request.
 
     Without a bias, SDPA dispatches to flash / memory-efficient kernels and wins everywhere.
-    With a bias, compiled FlexAttention wins on GPU (no N x N tensor); on CPU it cannot
-    train, and SDPA with a float mask is the fast CPU path.
+    With a bias on GPU, compiled FlexAttention (no N x N tensor; to be measured against
+    `folded`, see benchmarks/gpu_run.sh). On CPU FlexAttention cannot train; SDPA with a
+    float mask or the folded backend, whichever measured faster for the variant and size
+    (without gradients, `training=False`, the mask stays on the fused kernel: SDPA).
     """
     if requested not in BACKENDS:
         raise ValueError(f"Unknown attention backend {requested!r}; choose one of {', '.join(BACKENDS)}.")
@@ -98,8 +122,12 @@ def resolve_backend(requested: str, has_bias: bool, device: torch.device) -> str
         if requested == "flex" and not flex_available():
             raise RuntimeError("attention_backend='flex' needs torch >= 2.5 (FlexAttention); use 'sdpa'.")
         return requested
-    if has_bias and device.type == "cuda" and flex_available():
+    if variant == "vanilla":
+        return "sdpa"
+    if device.type == "cuda" and flex_available():
         return "flex"
+    if device.type == "cpu" and training and tokens >= _CPU_FOLDED_FROM_TOKENS.get(variant, float("inf")):
+        return "folded"
     return "sdpa"
 
 
@@ -117,7 +145,7 @@ def decomposed_grid_attention(
 
     Step 1 attends within every row with the horizontal decay |c_i - c_j|; step 2 attends
     within every column with the vertical decay |r_i - r_j|, using the same q and k and the
-    step-1 output as values (SDT_METHOD.md section 3). Each line is a 1 x L grid, so the
+    step-1 output as values (docs/method.md, "Decomposed variant"). Each line is a 1 x L grid, so the
     same backends apply; lines are folded into the batch dimension.
     """
     batch, heads, _, dim = q.shape

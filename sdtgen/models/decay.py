@@ -7,7 +7,7 @@ Every decay variant reduces to one per-token, per-head log decay rate `lam <= 0`
 
 with d the Manhattan distance in grid steps. For SDT, lam = |alpha_h| * logsigmoid(F);
 because logsigmoid <= 0 and d >= 0 this equals the spec's -|alpha_h * 0.5 * (G_i + G_j) * d|
-(SDT_METHOD.md section 2), value and gradient. For the fixed RMT decay lam = log(gamma_h),
+(docs/method.md, "Attention"), value and gradient. For the fixed RMT decay lam = log(gamma_h),
 which gives RMT's mask d(i, j) * log(gamma_h) exactly.
 """
 

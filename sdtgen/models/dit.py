@@ -202,7 +202,12 @@ class SDTDiT(ModelMixin, ConfigMixin):
         if class_labels.shape != (batch,) or class_labels.dtype.is_floating_point:
             raise ValueError(f"Expected {batch} integer class labels, got shape {tuple(class_labels.shape)} ({class_labels.dtype}).")
         highest = cfg.num_classes if cfg.class_dropout_prob > 0 else cfg.num_classes - 1
-        if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() > highest):
+        # The range check reads the labels' values: free on CPU, a host sync per forward on an
+        # accelerator (and a graph break under torch.compile). There the labels are checked
+        # where they enter (the pipeline resolves class names and ids, the training data knows
+        # its class count) and the forward stays sync-free.
+        on_host = class_labels.device.type == "cpu" and not torch.compiler.is_compiling()
+        if on_host and class_labels.numel() and (class_labels.min() < 0 or class_labels.max() > highest):
             bad = class_labels[(class_labels < 0) | (class_labels > highest)][0].item()
             null = f" ({cfg.num_classes} is the null class for guidance)" if highest == cfg.num_classes else ""
             raise ValueError(f"Class label {bad} is out of range: this model accepts 0..{highest}{null}.")

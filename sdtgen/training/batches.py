@@ -15,9 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
-# Large odd multipliers keep (seed, step) and (seed, epoch) streams apart.
+# Large odd multipliers keep (seed, step), (seed, epoch) and (seed, init) streams apart.
 _STEP_STREAM = 0x9E3779B1
 _EPOCH_STREAM = 0x85EBCA77
+_INIT_STREAM = 0xC2B2AE3D
+
+
+def init_seed(seed: int) -> int:
+    """The seed of model initialisation: its own stream, so nothing run before can shift it."""
+    return (seed * _INIT_STREAM + 1) % 2**63
 
 
 def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:

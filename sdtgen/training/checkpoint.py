@@ -11,24 +11,43 @@ Layout of `<output_dir>/checkpoints/checkpoint-<step>/`:
     trainer_state.json     step, samples seen, config fingerprint
 
 The step's data and random draws are functions of (seed, step) (training/batches.py), so
-the step alone restores the data position. A folder appears under its final name only
-after everything in it is written and synced, so `latest` never picks a partial save;
-a crash leaves a `.tmp-checkpoint-*` folder that the next save removes.
+the step alone restores the data position.
+
+Crash safety: a save writes `.tmp-checkpoint-<step>/`, trainer_state.json last (so its
+presence marks the copy complete), syncs it, and renames it to `checkpoint-<step>`. Re-saving
+an existing step moves the old folder aside to `.old-checkpoint-<step>` first, renames the
+new one in, then deletes the old, so at every instant one complete copy exists and
+`checkpoint-<step>` is either complete or absent. `recover()` (run at the start of every
+save and of `resume=latest`) finishes an interrupted swap: a complete copy (temporary or
+moved aside) of a step without a complete checkpoint is renamed in, replacing a folder that
+an older sdtgen half-deleted in place; superseded and unfinished copies are deleted.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+logger = logging.getLogger(__name__)
+
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-_TMP_PREFIX = ".tmp-checkpoint-"
+_TMP_PREFIX = ".tmp-checkpoint-"  # being written; complete once it holds _COMPLETE
+_OLD_PREFIX = ".old-checkpoint-"  # a replaced checkpoint, deleted once its replacement is in
+_DOOMED_PREFIX = ".del-checkpoint-"  # pruned by keep_checkpoints, being deleted
+_COMPLETE = "trainer_state.json"  # written last: its presence marks a complete copy
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / _COMPLETE).is_file()
 
 
 def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
@@ -36,8 +55,49 @@ def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
     folder = Path(checkpoints_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _NAME.match(p.name)) and _is_complete(p)]
     return [p for _, p in sorted(found)]
+
+
+def _final_name(folder: Path, prefix: str) -> Path:
+    return folder.with_name("checkpoint-" + folder.name[len(prefix):])
+
+
+def _rename(source: Path, target: Path) -> bool:
+    """os.replace, False if another process got there first (every rank may run recover()):
+    `source` gone, or `target` filled meanwhile."""
+    try:
+        os.replace(source, target)
+    except OSError:
+        return False
+    return True
+
+
+def recover(checkpoints_dir: str | Path) -> list[str]:
+    """Finish or undo a save that was interrupted; returns one line per checkpoint it recovered.
+
+    Safe to run from several processes at once and idempotent. It deletes a copy only once
+    its step has a complete checkpoint.
+    """
+    folder = Path(checkpoints_dir)
+    if not folder.is_dir():
+        return []
+    recovered = []
+    for prefix, kind in ((_TMP_PREFIX, "complete temporary copy"), (_OLD_PREFIX, "copy moved aside")):
+        for copy in sorted(folder.glob(prefix + "*")):
+            final = _final_name(copy, prefix)
+            if _is_complete(copy) and not _is_complete(final):
+                if final.exists():  # half-deleted in place by an older sdtgen's re-save
+                    _delete(final)
+                if _rename(copy, final):
+                    recovered.append(f"{final.name} recovered from its {kind} {copy.name}")
+            if _is_complete(final) or not _is_complete(copy):
+                shutil.rmtree(copy, ignore_errors=True)  # superseded, or a save that never finished
+    for doomed in folder.glob(_DOOMED_PREFIX + "*"):
+        shutil.rmtree(doomed, ignore_errors=True)
+    for line in recovered:
+        logger.warning("interrupted checkpoint save: %s", line)
+    return recovered
 
 
 def resolve_resume(resume: str | None, checkpoints_dir: str | Path) -> Path | None:
@@ -45,6 +105,7 @@ def resolve_resume(resume: str | None, checkpoints_dir: str | Path) -> Path | No
     if resume in (None, "", False):
         return None
     if resume == "latest":
+        recover(checkpoints_dir)
         found = list_checkpoints(checkpoints_dir)
         return found[-1] if found else None
     path = Path(resume)
@@ -70,23 +131,51 @@ def save_checkpoint(
     """Write checkpoint-<step> atomically (main process only) and keep the newest `keep`."""
     checkpoints_dir = Path(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    for stale in checkpoints_dir.glob(_TMP_PREFIX + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    recover(checkpoints_dir)
     final = checkpoints_dir / f"checkpoint-{step}"
     tmp = checkpoints_dir / f"{_TMP_PREFIX}{step}"
-    tmp.mkdir()
-    ema_model.save_pretrained(tmp / "model")
-    save_file({k: v.detach().contiguous().cpu() for k, v in training_model.state_dict().items()}, tmp / "training_model.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-    save_file(_rng_states(), tmp / "rng.safetensors")
-    _fsync_tree(tmp)
-    if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        tmp.mkdir()
+        ema_model.save_pretrained(tmp / "model")
+        save_file({k: v.detach().contiguous().cpu() for k, v in training_model.state_dict().items()}, tmp / "training_model.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
+        save_file(_rng_states(), tmp / "rng.safetensors")
+        _fsync_tree(tmp)
+        _write_synced(tmp / _COMPLETE, json.dumps(trainer_state, indent=2))
+        _swap_in(tmp, final)
+    except OSError as error:  # disk full, quota, I/O: say which save failed and that nothing is lost
+        raise OSError(error.errno, f"Could not save {final} ({error.strerror or error}); the checkpoints before it "
+                      "are intact: fix the cause and resume with train.resume=latest.") from error
     for old in list_checkpoints(checkpoints_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        _delete(old)
     return final
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Rename `new` to `final`; an existing `final` is moved aside first and deleted last.
+
+    Deleting it in place would leave, for a moment, a half-deleted `final` that `latest`
+    could pick; this way a complete copy sits under a name recover() knows at every instant.
+    """
+    aside = final.with_name(_OLD_PREFIX + final.name[len("checkpoint-"):])
+    if final.exists():
+        os.replace(final, aside)
+    os.replace(new, final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _delete(checkpoint: Path) -> None:
+    """Rename, then delete: a half-deleted folder never keeps a checkpoint's name."""
+    doomed = checkpoint.with_name(_DOOMED_PREFIX + checkpoint.name[len("checkpoint-"):])
+    if _rename(checkpoint, doomed):
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _rng_states() -> dict[str, torch.Tensor]:
@@ -110,6 +199,18 @@ def load_training_state(checkpoint: Path) -> tuple[dict, dict, dict]:
         weights = load_file(checkpoint / "training_model.safetensors")
         optim = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
         state = json.loads((checkpoint / "trainer_state.json").read_text())
-    except (OSError, RuntimeError, ValueError) as error:
-        raise RuntimeError(f"Checkpoint {checkpoint} is unreadable ({error}). Delete it to resume from the one before.") from error
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        reason = " ".join(str(error).split())[:300]
+        raise RuntimeError(f"Checkpoint {checkpoint} is unreadable ({reason}). Delete it to resume from the one before.") from error
+    check_finite_weights(weights, checkpoint / "training_model.safetensors")
     return weights, optim, state
+
+
+def check_finite_weights(tensors: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """ValueError naming `source` if a weight is NaN or inf: such a model samples black images silently.
+
+    One reduction per tensor, cheap next to reading it.
+    """
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{source} holds non-finite weights (NaN or inf in {name}); use another checkpoint.")

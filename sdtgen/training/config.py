@@ -9,12 +9,22 @@ are errors that list the valid ones, so a typo never trains the wrong model sile
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+
+from sdtgen.diffusion.sampling import SAMPLERS
+from sdtgen.models.attention import ATTENTION_VARIANTS
+from sdtgen.models.backends import BACKENDS
+from sdtgen.models.dit import PRESETS
 
 
 @dataclass
@@ -57,7 +67,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 50
     grad_clip: float | None = 1.0
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = "auto"  # auto (bf16 where the device computes it natively, else no) | no | bf16 | fp16
     tf32: bool = True
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)): for short runs
@@ -117,7 +127,64 @@ def _apply(target: Any, values: dict, prefix: str = "") -> None:
                 raise ValueError(f"Config key '{prefix}{key}' is a section; set its fields, e.g. {prefix}{key}.<name>=...")
             _apply(current, value, f"{prefix}{key}.")
         else:
-            setattr(target, key, tuple(value) if isinstance(current, tuple) else value)
+            setattr(target, key, _typed(prefix + key, value, typing.get_type_hints(type(target))[key]))
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is tuple:
+        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+    if origin is list:
+        return f"a list of ({_describe(args[0])})"
+    return _KINDS[hint]
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """`value` checked against the field's annotation; ValueError naming the key otherwise.
+
+    Ints pass for floats, and so do strings that read as numbers: YAML 1.1 reads `1e-4`
+    (no dot) as a string. Lists become tuples for tuple fields.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            with contextlib.suppress(ValueError):
+                return _typed(key, value, option)
+    elif origin in (tuple, list):
+        if isinstance(value, (list, tuple)) and (origin is list or len(value) == len(args)):
+            items = args if origin is tuple else args * len(value)
+            return origin(_typed(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, items)))
+    elif hint is float:
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            with contextlib.suppress(ValueError):
+                if math.isfinite(number := float(value)):
+                    return number
+    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"Config key '{key}' must be {_describe(hint)}, got {value!r}.")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2's booleans, true and false only: in 1.1 `no` is False, and `mixed_precision: no`
+    or `train.mixed_precision=no` must stay the word."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict:
@@ -137,7 +204,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
 
 def _parse_value(raw: str):
     """YAML scalars, plus plain floats like 1e-3 that YAML 1.1 would read as strings."""
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = _load_yaml(raw) if raw.strip() else None
     if isinstance(value, str):
         try:
             return float(value)
@@ -151,24 +218,84 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     config = RunConfig()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Config file {path} does not exist (see configs/ for the shipped ones).")
-        _apply(config, yaml.safe_load(path.read_text()) or {})
+        _apply(config, _read_yaml(path))
     _apply(config, parse_overrides(overrides))
     validate(config)
     return config
 
 
+def _read_yaml(path: Path) -> dict:
+    """The mapping in a YAML config file; one-line errors that name the file otherwise."""
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {path} does not exist (see configs/ for the shipped ones).")
+    try:
+        values = _load_yaml(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as error:
+        reason = str(error).splitlines()[0] if isinstance(error, yaml.YAMLError) else "not UTF-8 text"
+        raise ValueError(f"Config file {path} is not valid YAML ({reason}); see configs/ for examples.") from None
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(f"Config file {path} must hold a mapping of sections (model:, data:, train:, ...), "
+                         f"not a {type(values).__name__}.")
+    return values or {}
+
+
+# Choices of the string settings, and the lowest allowed value of the numeric ones (null is
+# not checked: the keys that allow it say what it means).
+CHOICES = {
+    "objective": tuple(SAMPLERS),
+    "model.attention": ATTENTION_VARIANTS,
+    "model.attention_backend": BACKENDS,
+    "data.on_error": ("raise", "skip"),
+    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "flow.time_sampling": ("uniform", "logit_normal"),
+}
+AT_LEAST = {
+    "model.depth": 1, "model.hidden_size": 1, "model.num_heads": 1, "model.mlp_ratio": 0.0, "data.image_size": 1,
+    "data.extract_batch_size": 1, "data.num_workers": 0, "train.max_steps": 1, "train.global_batch_size": 1,
+    "train.micro_batch_size": 1, "train.weight_decay": 0.0, "train.warmup_steps": 0, "train.grad_clip": 0.0,
+    "train.cpu_threads": 1, "train.log_every": 1, "train.checkpoint_every": 1, "train.keep_checkpoints": 0,
+    "train.sample_every": 1, "train.eval_every": 1, "train.eval_samples": 1, "train.eval_steps": 1,
+    "sample.steps": 1, "sample.cfg": 0.0, "sample.per_class": 1, "flow.logit_std": 0.0,
+}
+
+
+def _get(config: RunConfig, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
 def validate(config: RunConfig) -> None:
     """Catch inconsistent settings before any work starts."""
-    if config.objective not in ("ddpm", "flow"):
-        raise ValueError(f"objective must be 'ddpm' or 'flow', got {config.objective!r}.")
-    if config.train.mixed_precision not in ("no", "bf16", "fp16"):
-        raise ValueError(f"train.mixed_precision must be no, bf16 or fp16, got {config.train.mixed_precision!r}.")
-    if config.train.max_steps < 1 or config.train.global_batch_size < 1:
-        raise ValueError("train.max_steps and train.global_batch_size must be positive.")
+    for key, choices in CHOICES.items():
+        if _get(config, key) not in choices:
+            raise ValueError(f"{key} must be one of {', '.join(choices)}, got {_get(config, key)!r}.")
+    for key, lowest in AT_LEAST.items():
+        value = _get(config, key)
+        if value is not None and value < lowest:
+            raise ValueError(f"{key} must be at least {lowest}, got {value}.")
+    if config.model.preset.upper() not in PRESETS:
+        raise ValueError(f"model.preset must be one of {', '.join(PRESETS)}, got {config.model.preset!r}.")
+    t = config.train
+    if not t.lr > 0:
+        raise ValueError(f"train.lr must be positive, got {t.lr}.")
+    if not 0 <= t.ema_decay < 1:
+        raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}.")
+    if not all(0 <= beta < 1 for beta in t.betas):
+        raise ValueError(f"train.betas must both be in [0, 1), got {list(t.betas)}.")
+    if not 0 <= config.model.class_dropout_prob < 1:
+        raise ValueError(f"model.class_dropout_prob must be in [0, 1), got {config.model.class_dropout_prob}.")
+    if config.sample.sampler is not None and config.sample.sampler not in SAMPLERS[config.objective]:
+        raise ValueError(f"sample.sampler={config.sample.sampler!r} does not fit objective={config.objective}; "
+                         f"choose one of {', '.join(SAMPLERS[config.objective])} or null.")
     if config.model.learn_sigma and config.objective == "flow":
         raise ValueError("model.learn_sigma=true only applies to objective=ddpm.")
+    if config.data.dataset != "animals" and config.data.vae == "builtin":
+        raise ValueError(
+            f"data.vae=builtin is made for the animals set's 32x32 grayscale images, and data.dataset={config.data.dataset} "
+            "gives RGB images: set data.vae=stabilityai/sd-vae-ft-ema (or a local AutoencoderKL folder), or "
+            "data.vae=identity for pixel space."
+        )
 
 
 def config_to_dict(config: RunConfig) -> dict:

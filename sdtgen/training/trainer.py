@@ -18,17 +18,19 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from sdtgen.diffusion import make_objective
+from sdtgen.loading import check_launch, process_state
 from sdtgen.models.dit import SDTDiT
 from sdtgen.training import checkpoint as ckpt
-from sdtgen.training.batches import EpochOrder, draw_step_randomness
+from sdtgen.training.batches import EpochOrder, draw_step_randomness, init_seed
 from sdtgen.training.config import RunConfig, config_to_dict, save_config
 from sdtgen.training.data import TrainingData, prepare_training_data
 from sdtgen.training.ema import EMA
+from sdtgen.training.precision import resolve_mixed_precision
 from sdtgen.training.reporting import save_loss_plot, save_sample_grid
 
 
@@ -77,6 +79,7 @@ class Trainer:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         t = config.train
+        t.mixed_precision = resolve_mixed_precision(t.mixed_precision, process_state().device)  # config.yaml records it
         self.accelerator = Accelerator(mixed_precision=t.mixed_precision, log_with=_tensorboard_if_installed(), project_dir=config.output_dir)
         self.device = self.accelerator.device
         if self.device.type == "cuda" and t.tf32:
@@ -86,19 +89,25 @@ class Trainer:
             # `accelerate launch` pins OMP_NUM_THREADS=1, which halves a laptop's throughput;
             # share the cores among the processes instead.
             torch.set_num_threads(t.cpu_threads or max(1, (os.cpu_count() or 1) // self.accelerator.num_processes))
-        set_seed(config.seed)  # model initialisation; the steps themselves use (seed, step) generators
+        set_seed(config.seed)  # for third-party code; sdtgen's own draws use the streams below
         self.out = Path(config.output_dir)
         self.checkpoints = self.out / "checkpoints"
         world = self.accelerator.num_processes
+        check_launch(world)
         if t.global_batch_size % world:
-            raise ValueError(f"train.global_batch_size={t.global_batch_size} must divide evenly over {world} processes.")
+            raise ValueError(f"train.global_batch_size={t.global_batch_size} must divide evenly over {world} processes; "
+                             f"use a multiple of {world}.")
         self.share = t.global_batch_size // world
         self.micro = t.micro_batch_size or self.share
         if self.share % self.micro:
             raise ValueError(f"Each process's share ({self.share}) must be a multiple of train.micro_batch_size={self.micro}.")
 
         self.data, self.vae = prepare_training_data(config, self.accelerator)
-        model = build_model(config, len(self.data.class_names), self.data.latent_shape)
+        # Initialise from a generator of the seed alone: extracting the latent cache first (or
+        # not) draws from the global one, and the model must not depend on that.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed(config.seed))
+            model = build_model(config, len(self.data.class_names), self.data.latent_shape)
         self.objective = build_objective(config, model.config.learn_sigma)
         if hasattr(self.objective, "to"):
             self.objective.to(self.device)
@@ -158,8 +167,12 @@ class Trainer:
         return draw_step_randomness(self.objective, cfg.seed, step, cfg.train.global_batch_size, self.data.latent_shape,
                                     self.accelerator.unwrap_model(self.model).config.class_dropout_prob, self.device)
 
-    def train_step(self, step: int, batch, randomness) -> dict[str, float]:
-        """One optimizer step on this process's share of the global batch."""
+    def train_step(self, step: int, batch, randomness) -> dict[str, torch.Tensor]:
+        """One optimizer step on this process's share of the global batch.
+
+        Returns this process's loss sums and the gradient norm as device tensors, unread:
+        reading them waits for the device, so the loop does it only on steps that log.
+        """
         t = self.config.train
         rank = self.accelerator.process_index
         mine = randomness.slice(rank * self.share, (rank + 1) * self.share)
@@ -186,7 +199,15 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.accelerator.unwrap_model(self.model), step)
-        stats = {key: self.accelerator.reduce(value, "sum").item() / t.global_batch_size for key, value in totals.items()}
+        if grad_norm is not None:
+            totals["grad_norm"] = grad_norm.detach() if torch.is_tensor(grad_norm) else torch.tensor(grad_norm)
+        return totals
+
+    def read_stats(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Global per-sample means of a step's losses (an all-reduce and a host sync)."""
+        totals = dict(totals)
+        grad_norm = totals.pop("grad_norm", None)
+        stats = {key: self.accelerator.reduce(value, "sum").item() / self.config.train.global_batch_size for key, value in totals.items()}
         if grad_norm is not None:
             stats["grad_norm"] = float(grad_norm)
         return stats
@@ -202,7 +223,17 @@ class Trainer:
         self.accelerator.init_trackers("tensorboard")
         step = self.start_step
         if step >= t.max_steps:
-            self.accelerator.print(f"Nothing to do: the run is already at step {step} >= train.max_steps={t.max_steps}.")
+            # A run killed after its final checkpoint but before its grid and loss plot finishes
+            # them now; the main process decides for all, as sample_grid waits for everyone.
+            written = [main and _final_outputs_written(self.out, self.checkpoints / f"checkpoint-{step}")]
+            broadcast_object_list(written)
+            if not written[0]:
+                self.sample_grid(step)
+                if main:
+                    save_loss_plot(self.out / "log.jsonl", self.out / "loss.png")
+            self.accelerator.print(
+                f"Nothing to do: the run is already at step {step} >= train.max_steps={t.max_steps}." if written[0]
+                else f"The run is already at step {step}; wrote its missing sample grid and loss plot.")
             return self.out
         randomness: dict = {}
         keys = _StepKeys(self, step, t.max_steps, randomness)
@@ -211,13 +242,17 @@ class Trainer:
         window_start, window_images = time.perf_counter(), 0
         log = open(self.out / "log.jsonl", "a") if main else None
         for batch in loader:
-            stats = self.train_step(step, batch, randomness.pop(step))
+            totals = self.train_step(step, batch, randomness.pop(step))
             step += 1
             window_images += t.global_batch_size
-            if not math.isfinite(stats["loss"]):
-                raise FloatingPointError(f"Loss became {stats['loss']} at step {step}; lower train.lr, enable train.grad_clip or use bf16 with model.qk_norm=true.")
-            evaluation = self.evaluate(step) if self._eval_due(step) else {}
-            if step % t.log_every == 0 or step == t.max_steps or evaluation:
+            logging = step % t.log_every == 0 or step == t.max_steps or self._eval_due(step)
+            saving = step % t.checkpoint_every == 0 or step == t.max_steps
+            if logging or saving:  # reading the losses waits for the device: only when they are used
+                stats = self.read_stats(totals)
+                if not math.isfinite(stats["loss"]):  # checked before any save, so no checkpoint holds it
+                    raise FloatingPointError(f"Loss became {stats['loss']} at step {step}; lower train.lr, enable train.grad_clip or use bf16 with model.qk_norm=true.")
+            if logging:
+                evaluation = self.evaluate(step) if self._eval_due(step) else {}
                 speed = window_images / (time.perf_counter() - window_start)
                 record = {"step": step, **{k: round(v, 6) for k, v in stats.items()}, "lr": learning_rate(cfg, step - 1),
                           "images_per_s": round(speed, 2), **evaluation}
@@ -228,7 +263,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{speed:.0f}")
                 window_start, window_images = time.perf_counter(), 0
             bar.update(1)
-            if step % t.checkpoint_every == 0 or step == t.max_steps:
+            if saving:
                 self.save(step)
             if t.sample_every and step % t.sample_every == 0 and step != t.max_steps:
                 self.sample_grid(step)
@@ -301,6 +336,12 @@ def _tensorboard_if_installed() -> list[str] | None:
     except ImportError:
         return None
     return ["tensorboard"]
+
+
+def _final_outputs_written(out: Path, checkpoint: Path) -> bool:
+    """Whether loss.png, the last thing a run writes (after its grid), is newer than `checkpoint`."""
+    plot, state = out / "loss.png", checkpoint / "trainer_state.json"
+    return plot.is_file() and (not state.is_file() or plot.stat().st_mtime >= state.stat().st_mtime)
 
 
 def _truncate_log(path: Path, step: int) -> None:
