@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 
 from sdtgen.errors import one_line_errors
 from sdtgen.models.attention import ATTENTION_VARIANTS
-from sdtgen.sampling_cli import add_export_parser, add_sample_parser, check_seed
+from sdtgen.sampling_cli import DTYPES, add_export_parser, add_sample_parser, check_seed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,6 +178,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed * 1000003 + i (default: 0)")
     parser.add_argument("--batch-size", type=int, default=250, help="images per sampling batch, per process")
     parser.add_argument("--vae", help="VAE override (default: the run's)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model precision for sampling (default: fp32; "
+                        "bf16 pays on GPUs and on CPUs with AVX512-BF16 or AMX, see docs/benchmarks.md)")
     parser.add_argument("--inception-weights", help="path of torch-fidelity's Inception weights (for .npz and folder references)")
     parser.add_argument("--out", default="eval", help="folder for samples.npz and metrics.json (default: eval)")
     parser.set_defaults(run=run_eval, parser=parser)
@@ -197,7 +199,7 @@ def run_eval(args: argparse.Namespace) -> None:
         check_seed(args.seed, args.num_samples)
         images, labels, settings = evaluate.sample_checkpoint(
             args.ckpt, args.num_samples, labels_mode=args.labels, seed=args.seed, steps=args.steps, cfg=args.cfg,
-            cfg_channels=args.cfg_channels, sampler=args.sampler, vae=args.vae, batch_size=args.batch_size)
+            cfg_channels=args.cfg_channels, sampler=args.sampler, vae=args.vae, batch_size=args.batch_size, dtype=DTYPES[args.dtype])
         if images is None:  # not the main process: it has handed its share to the main one
             return
         evaluate.save_npz(out / "samples.npz", images, labels)

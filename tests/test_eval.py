@@ -55,6 +55,11 @@ def test_eval_of_a_checkpoint_writes_adm_npz_and_full_provenance(tmp_path, monke
     assert main(["eval", "--ckpt", str(run), "--num-samples", "20", "--steps", "2", "--batch-size", "20", "--out", str(tmp_path / "again")]) == 0
     again, _ = load_samples(tmp_path / "again" / "samples.npz")
     assert np.abs(again.astype(int) - images.astype(int)).max() <= 1
+    # bf16 sampling on the CPU: the same images to bf16 rounding, and recorded as such.
+    assert main(["eval", "--ckpt", str(run), "--num-samples", "20", "--steps", "2", "--dtype", "bf16", "--out", str(tmp_path / "bf16")]) == 0
+    bf16, _ = load_samples(tmp_path / "bf16" / "samples.npz")
+    assert np.abs(bf16.astype(int) - images.astype(int)).mean() < 3
+    assert json.loads((tmp_path / "bf16" / "metrics.json").read_text())["provenance"]["dtype"] == "bfloat16"
 
 
 def test_missing_inception_weights_say_what_to_do(tmp_path, capsys, monkeypatch):

@@ -56,7 +56,7 @@ def generate(pipe, labels: Sequence[int], indices: Sequence[int], *, seed: int, 
 def sample_checkpoint(ckpt: str | None, num_samples: int, *, labels_mode: str = "balanced", seed: int = 0,
                       steps: int | None = None, cfg: float | None = None, cfg_channels: int | None = None,
                       sampler: str | None = None, vae: str | None = None, batch_size: int = 250,
-                      ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+                      dtype: torch.dtype = torch.float32) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
     """Sample `num_samples` images from a checkpoint across all processes.
 
     Returns (images uint8 NHWC, labels, settings) on the main process and (None, None,
@@ -72,7 +72,7 @@ def sample_checkpoint(ckpt: str | None, num_samples: int, *, labels_mode: str = 
     state = process_state()
     source = find_source(ckpt)
     run_sample = (source.run_config or {}).get("sample") or {}
-    pipe = load_pipeline(source, vae=vae, sampler=sampler or run_sample.get("sampler")).to(state.device)
+    pipe = load_pipeline(source, vae=vae, sampler=sampler or run_sample.get("sampler"), dtype=dtype).to(state.device)
     pipe.set_progress_bar_config(disable=True)
     cfg = cfg if cfg is not None else (run_sample.get("cfg", 1.5) if source.model_config["class_dropout_prob"] > 0 else 1.0)
     steps = steps or run_sample.get("steps") or default_steps(pipe.scheduler)
@@ -88,6 +88,7 @@ def sample_checkpoint(ckpt: str | None, num_samples: int, *, labels_mode: str = 
         "objective": pipe.objective, "sampler": type(pipe.scheduler).__name__, "steps": steps, "cfg": cfg,
         "cfg_channels": cfg_channels or "all", "vae": vae or source.vae_spec() or "pipeline's own",
         "seed": seed, "num_samples": num_samples, "labels": labels_mode, "num_processes": state.num_processes,
+        "dtype": str(dtype).removeprefix("torch."),
     }
     if not state.is_main_process:
         return None, None, settings
