@@ -131,9 +131,9 @@ def damaged_copy(run_dir: Path, to: Path, damage: str) -> Path:
         (checkpoint / "optimizer.pt").unlink()
     elif damage == "corrupt optimizer":
         (checkpoint / "optimizer.pt").write_bytes(b"not a torch file")
-    elif damage == "nan weights":
-        weights = load_file(checkpoint / "training_model.safetensors")
-        save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, checkpoint / "training_model.safetensors")
+    elif damage in ("nan weights", "nan ema weights"):
+        file = checkpoint / ("model/diffusion_pytorch_model.safetensors" if damage == "nan ema weights" else "training_model.safetensors")
+        save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(file).items()}, file)
     return to
 
 
@@ -145,6 +145,8 @@ TRAINER_CASES = [
     ("resume: optimizer.pt missing", ["train.resume=latest", "damage=missing optimizer"], 1, "is unreadable"),
     ("resume: optimizer.pt corrupt", ["train.resume=latest", "damage=corrupt optimizer"], 1, "is unreadable"),
     ("resume: NaN weights", ["train.resume=latest", "damage=nan weights"], 2, "holds non-finite weights"),
+    ("resume: NaN EMA weights", ["train.resume=latest", "damage=nan ema weights"], 2, "diffusion_pytorch_model.safetensors holds non-finite"),
+    ("pretrained: NaN weights", ["model.pretrained={run}/checkpoints/checkpoint-2/model", "damage=nan ema weights"], 2, "holds non-finite weights"),
     ("resume: other global batch", ["train.resume=latest", "train.global_batch_size=4"], 2, "data order would change"),
     ("micro batch does not divide", ["train.micro_batch_size=3"], 2, "multiple of train.micro_batch_size=3"),
     ("disk full while saving", ["train.max_steps=3", "train.resume=latest", "fault=disk full"], 1, "No space left on device"),
@@ -157,7 +159,7 @@ def test_train_gen_runtime_errors(finished_run, files, tmp_path, monkeypatch, ca
     run_dir = damaged_copy(finished_run, tmp_path / "run", options.get("damage", ""))
     if options.get("fault") == "disk full":
         monkeypatch.setattr(ckpt.torch, "save", _raise(OSError(errno.ENOSPC, "No space left on device")))
-    overrides = [a.format(tmp=tmp_path, files=files) for a in argv if not a.startswith(("damage=", "fault="))]
+    overrides = [a.format(tmp=tmp_path, files=files, run=run_dir) for a in argv if not a.startswith(("damage=", "fault="))]
     command = train_gen(monkeypatch, f"output_dir={run_dir}", *TINY, "train.max_steps=2", *overrides)
     assert message in one_error_line(capsys, command, status)
 

@@ -39,6 +39,7 @@ def build_model(config: RunConfig, num_classes: int, latent_shape: tuple[int, in
     m = config.model
     if m.pretrained:
         model = SDTDiT.from_pretrained(m.pretrained)
+        ckpt.check_finite_weights(model.state_dict(), m.pretrained)
         if (model.config.in_channels, model.config.input_size) != (latent_shape[0], latent_shape[1]):
             raise ValueError(
                 f"model.pretrained={m.pretrained} takes {model.config.in_channels}x{model.config.input_size}^2 inputs, "
@@ -131,7 +132,9 @@ class Trainer:
         weights, optim, state = ckpt.load_training_state(checkpoint)
         model.load_state_dict(weights)
         optimizer.load_state_dict(optim["optimizer"])
-        ema_weights = load_file(checkpoint / "model" / "diffusion_pytorch_model.safetensors")
+        ema_file = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
+        ema_weights = load_file(ema_file)
+        ckpt.check_finite_weights(ema_weights, ema_file)
         self.ema.model.load_state_dict(ema_weights)
         ckpt.restore_rng_state(checkpoint)
         if state.get("global_batch_size") != self.config.train.global_batch_size or state.get("seed") != self.config.seed:
