@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from sdtgen.diffusion import make_objective
-from sdtgen.loading import check_launch, process_state
+from sdtgen.loading import process_state
 from sdtgen.models.dit import SDTDiT
 from sdtgen.training import checkpoint as ckpt
 from sdtgen.training.batches import EpochOrder, draw_step_randomness, init_seed
@@ -80,6 +80,7 @@ class Trainer:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         t = config.train
+        # process_state() also stops a CPU launch whose processes did not join into one job.
         t.mixed_precision = resolve_mixed_precision(t.mixed_precision, process_state().device)  # config.yaml records it
         self.accelerator = Accelerator(mixed_precision=t.mixed_precision, log_with=_tensorboard_if_installed(), project_dir=config.output_dir)
         self.device = self.accelerator.device
@@ -94,7 +95,6 @@ class Trainer:
         self.out = Path(config.output_dir)
         self.checkpoints = self.out / "checkpoints"
         world = self.accelerator.num_processes
-        check_launch(world)
         if t.global_batch_size % world:
             raise ValueError(f"train.global_batch_size={t.global_batch_size} must divide evenly over {world} processes; "
                              f"use a multiple of {world}.")
