@@ -72,9 +72,10 @@ def fold_decay(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, grid: Grid) 
     """q and k of shape (B, H, N, D') with q' . k' = q . k / sqrt(D) + M (softmax scale 1)."""
     batch, heads, tokens, head_dim = q.shape
     onehot, table = (t.to(lam.dtype) for t in distance_factors(grid[0], grid[1], q.device))
+    token_constant = is_token_constant(lam)
     # lam's rounding to q's dtype is the fold's only error: 2 ** -9 of M relative in bf16,
     # the same as a bf16 attention mask (each bias term is one rounded rate times an integer).
-    if is_token_constant(lam):
+    if token_constant:
         q_extra = (lam[..., :1, None] * onehot).expand(batch, heads, tokens, -1)
         k_extra = table.expand(batch, heads, tokens, -1)
     else:
@@ -82,7 +83,7 @@ def fold_decay(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, grid: Grid) 
         table = table.expand(batch, heads, tokens, -1)
         q_extra = torch.cat([lam_onehot, table], dim=-1)
         k_extra = torch.cat([table, lam_onehot], dim=-1)
-    pad = folded_head_dim(head_dim, grid, is_token_constant(lam)) - head_dim - q_extra.shape[-1]
+    pad = folded_head_dim(head_dim, grid, token_constant) - head_dim - q_extra.shape[-1]
     q_folded = torch.cat([q * head_dim**-0.5, q_extra.to(q.dtype)], dim=-1)
     k_folded = torch.cat([k, k_extra.to(k.dtype)], dim=-1)
     return F.pad(q_folded, (0, pad)), F.pad(k_folded, (0, pad))

@@ -63,6 +63,11 @@ def _final_name(folder: Path, prefix: str) -> Path:
     return folder.with_name("checkpoint-" + folder.name[len(prefix):])
 
 
+def _prefixed(checkpoint: Path, prefix: str) -> Path:
+    """The name of `checkpoint-<step>` moved aside under `prefix` (the inverse of _final_name)."""
+    return checkpoint.with_name(prefix + checkpoint.name[len("checkpoint-"):])
+
+
 def _rename(source: Path, target: Path) -> bool:
     """os.replace, False if another process got there first (every rank may run recover()):
     `source` gone, or `target` filled meanwhile."""
@@ -164,7 +169,7 @@ def _swap_in(new: Path, final: Path) -> None:
     Deleting it in place would leave, for a moment, a half-deleted `final` that `latest`
     could pick; this way a complete copy sits under a name recover() knows at every instant.
     """
-    aside = final.with_name(_OLD_PREFIX + final.name[len("checkpoint-"):])
+    aside = _prefixed(final, _OLD_PREFIX)
     if final.exists():
         os.replace(final, aside)
     os.replace(new, final)
@@ -173,7 +178,7 @@ def _swap_in(new: Path, final: Path) -> None:
 
 def _delete(checkpoint: Path) -> None:
     """Rename, then delete: a half-deleted folder never keeps a checkpoint's name."""
-    doomed = checkpoint.with_name(_DOOMED_PREFIX + checkpoint.name[len("checkpoint-"):])
+    doomed = _prefixed(checkpoint, _DOOMED_PREFIX)
     if _rename(checkpoint, doomed):
         shutil.rmtree(doomed, ignore_errors=True)
 

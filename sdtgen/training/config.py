@@ -25,6 +25,7 @@ from sdtgen.diffusion.sampling import SAMPLERS
 from sdtgen.models.attention import ATTENTION_VARIANTS
 from sdtgen.models.backends import BACKENDS
 from sdtgen.models.dit import PRESETS
+from sdtgen.training.precision import PRECISIONS
 
 
 @dataclass
@@ -203,14 +204,8 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
 
 
 def _parse_value(raw: str):
-    """YAML scalars, plus plain floats like 1e-3 that YAML 1.1 would read as strings."""
-    value = _load_yaml(raw) if raw.strip() else None
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    """A YAML scalar (`_typed` reads number-like strings such as 1e-3 for number keys)."""
+    return _load_yaml(raw) if raw.strip() else None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
@@ -246,7 +241,7 @@ CHOICES = {
     "model.attention": ATTENTION_VARIANTS,
     "model.attention_backend": BACKENDS,
     "data.on_error": ("raise", "skip"),
-    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "train.mixed_precision": PRECISIONS,
     "flow.time_sampling": ("uniform", "logit_normal"),
 }
 AT_LEAST = {
