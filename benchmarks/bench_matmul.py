@@ -33,8 +33,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--seconds", type=float, default=2.0, help="time per size and dtype")
     args = parser.parse_args()
-    print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 (AVX512-BF16 or AMX): {cpu_has_fast_bf16()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 (AVX512-BF16 or AMX): {cpu_has_fast_bf16()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     print("| matmul | fp32 GFLOP/s | bf16 GFLOP/s | bf16 / fp32 |\n|---|---:|---:|---:|")
     for size in args.sizes:
         fp32, bf16 = gflops(size, torch.float32, args.seconds), gflops(size, torch.bfloat16, args.seconds)

@@ -36,7 +36,11 @@ from sdtgen.models.backends import flex_available
 
 
 def configurations(device: torch.device, include_math: bool, variants: list[str]) -> list[tuple[str, str]]:
-    backends = ["sdpa", "folded"] + (["flex"] if flex_available() and device.type == "cuda" else []) + (["math"] if include_math else [])
+    backends = (
+        ["sdpa", "folded"]
+        + (["flex"] if flex_available() and device.type == "cuda" else [])
+        + (["math"] if include_math else [])
+    )
     rows = [("vanilla", "sdpa")]
     if device.type == "cuda" and flex_available():
         rows.append(("vanilla", "flex"))
@@ -76,7 +80,7 @@ class SavedBytes:
             self.total += storage.nbytes()
         return tensor
 
-    def __enter__(self) -> "SavedBytes":
+    def __enter__(self) -> SavedBytes:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
         self._hooks.__enter__()
         return self
@@ -125,8 +129,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--math", action="store_true", help="also time the reference math backend")
-    parser.add_argument("--variants", nargs="+", default=list(ATTENTION_VARIANTS), choices=ATTENTION_VARIANTS, help="attention variants to time")
-    parser.add_argument("--compile", action="store_true", help="time torch.compile'd models (compiled in the warm-up rounds)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(ATTENTION_VARIANTS),
+        choices=ATTENTION_VARIANTS,
+        help="attention variants to time",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="time torch.compile'd models (compiled in the warm-up rounds)"
+    )
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak TFLOP/s in --dtype, to report MFU")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args()
@@ -140,7 +152,9 @@ def main() -> None:
     rows = configurations(device, args.math, args.variants)
     models = {}
     for variant, backend in rows:
-        model = SDTDiT.from_preset(args.preset, attention=variant, attention_backend=backend, input_size=args.input_size)
+        model = SDTDiT.from_preset(
+            args.preset, attention=variant, attention_backend=backend, input_size=args.input_size
+        )
         models[variant, backend] = model.to(device).train()
     runners = {row: torch.compile(model) if args.compile else model for row, model in models.items()}
     out_channels = models[rows[0]].out_channels
@@ -163,10 +177,16 @@ def main() -> None:
     flops = step_flops(models[rows[0]], batch, dtype)
 
     tokens = (args.input_size // models[rows[0]].config.patch_size) ** 2
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
     memory_kind = "peak MiB" if device.type == "cuda" else "saved-for-backward MiB"
     base_time, base_memory = statistics.median(times[rows[0]]), memory[rows[0]]
-    print(f"\n{args.preset}, {tokens} tokens, batch {args.batch}, {args.dtype}{', compiled' if args.compile else ''}, {name}, torch {torch.__version__}, median of {args.repeats}")
+    print(
+        f"\n{args.preset}, {tokens} tokens, batch {args.batch}, {args.dtype}{', compiled' if args.compile else ''}, {name}, torch {torch.__version__}, median of {args.repeats}"
+    )
     print(f"vanilla step: {flops / 1e9:.1f} GFLOP (forward + backward); GFLOP/s and MFU below use it for every row")
     header = f"| variant | backend | step ms | x vanilla | images/s | GFLOP/s | MFU | {memory_kind} | x vanilla |"
     print(header if args.markdown else header.replace("|", " "))
@@ -176,8 +196,10 @@ def main() -> None:
         step = statistics.median(times[row])
         achieved = flops / step / 1e9
         mfu = f"{achieved / 1e3 / args.peak_tflops:.1%}" if args.peak_tflops else "-"
-        line = (f"| {row[0]} | {row[1]} | {step * 1e3:.1f} | {step / base_time:.2f} | {args.batch / step:.1f} | {achieved:.1f} | {mfu} | "
-                f"{memory[row]:.0f} | {memory[row] / base_memory:.2f} |")
+        line = (
+            f"| {row[0]} | {row[1]} | {step * 1e3:.1f} | {step / base_time:.2f} | {args.batch / step:.1f} | {achieved:.1f} | {mfu} | "
+            f"{memory[row]:.0f} | {memory[row] / base_memory:.2f} |"
+        )
         print(line if args.markdown else line.replace("|", " "))
 
 

@@ -24,7 +24,7 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 
 from sdtgen import SDTDiT
-from sdtgen.diffusion.sampling import sample_latents
+from sdtgen.diffusion.sampling import Guidance, denoise, make_scheduler, sample_generators
 from sdtgen.models.backends import flex_available
 
 ROWS = (("vanilla", "sdpa"), ("vanilla", "flex"), ("sdt", "sdpa"), ("sdt", "folded"), ("sdt", "flex"))
@@ -35,7 +35,15 @@ def sampling_call(model: SDTDiT, labels: torch.Tensor, args: argparse.Namespace)
     if labels.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    latents = sample_latents(model, labels, range(len(labels)), objective="ddpm", sampler="ddim", steps=args.steps, cfg=args.cfg)
+    scheduler = make_scheduler("ddpm", "ddim", model.config.learn_sigma)
+    latents = denoise(
+        model,
+        scheduler,
+        labels,
+        steps=args.steps,
+        guidance=Guidance(args.cfg),
+        generator=sample_generators(0, range(len(labels))),
+    )
     latents.sum().item()  # waits for the device
     return time.perf_counter() - start
 
@@ -49,7 +57,9 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=1.5)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (after 1 warm-up round)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", nargs="+", default=["fp32"], choices=["fp32", "bf16"], help="one or more, timed side by side")
+    parser.add_argument(
+        "--dtype", nargs="+", default=["fp32"], choices=["fp32", "bf16"], help="one or more, timed side by side"
+    )
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args()
 
@@ -59,8 +69,11 @@ def main() -> None:
     rows = [(*row, name) for name in args.dtype for row in ROWS if row[1] != "flex" or flex_available()]
     torch.manual_seed(0)
     models = {
-        (variant, backend, name): SDTDiT.from_preset(args.preset, attention=variant, attention_backend=backend, input_size=args.input_size)
-        .to(device=device, dtype=dtypes[name]).eval()
+        (variant, backend, name): SDTDiT.from_preset(
+            args.preset, attention=variant, attention_backend=backend, input_size=args.input_size
+        )
+        .to(device=device, dtype=dtypes[name])
+        .eval()
         for variant, backend, name in rows
     }
     labels = torch.arange(args.batch, device=device) % models[rows[0]].config.num_classes
@@ -72,9 +85,15 @@ def main() -> None:
                 times[row].append(seconds)
 
     tokens = (args.input_size // models[rows[0]].config.patch_size) ** 2
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"\n{args.preset}, {tokens} tokens, batch {args.batch}, DDIM {args.steps} steps, cfg {args.cfg}, {args.dtype}, "
-          f"{name}, torch {torch.__version__}, median of {args.repeats}")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"\n{args.preset}, {tokens} tokens, batch {args.batch}, DDIM {args.steps} steps, cfg {args.cfg}, {args.dtype}, "
+        f"{name}, torch {torch.__version__}, median of {args.repeats}"
+    )
     base = statistics.median(times[rows[0]])
     table = [["attention", "backend", "dtype", "images/s", f"x vanilla sdpa {args.dtype[0]}", "s per call"]]
     for row in rows:

@@ -20,9 +20,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from tiny_runs import random_model, write_run  # noqa: E402
-
 from sdtgen.cli import main as sdtgen  # noqa: E402
+from tiny_runs import random_model, write_run  # noqa: E402
 
 BENCHMARKS = ("--preset S/2 --batch 64 --steps 10 --repeats 5", "--preset XL/2 --batch 64 --steps 10 --repeats 3")
 
@@ -30,13 +29,40 @@ BENCHMARKS = ("--preset S/2 --batch 64 --steps 10 --repeats 5", "--preset XL/2 -
 def compare_devices(out: Path) -> None:
     root = Path(tempfile.mkdtemp())
     run = write_run(root / "run", random_model("ddpm"))
-    settings = {"cpu": ["--device", "cpu"], "cuda": ["--device", "cuda"], "bf16": ["--device", "cuda", "--dtype", "bf16"]}
+    settings = {
+        "cpu": ["--device", "cpu"],
+        "cuda": ["--device", "cuda"],
+        "bf16": ["--device", "cuda", "--dtype", "bf16"],
+    }
     for name, extra in settings.items():
-        sdtgen(["sample", "--ckpt", str(run), "--out", str(root / name), "--class", "dog", "--num", "4", "--sampler", "ddpm", "--steps", "20", *extra])
+        sdtgen(
+            [
+                "sample",
+                "--ckpt",
+                str(run),
+                "--out",
+                str(root / name),
+                "--class",
+                "dog",
+                "--num",
+                "4",
+                "--sampler",
+                "ddpm",
+                "--steps",
+                "20",
+                *extra,
+            ]
+        )
     lines = []
     for name in ("cuda", "bf16"):
-        diffs = [int(np.abs(np.asarray(Image.open(p), dtype=int) - np.asarray(Image.open(root / name / p.name), dtype=int)).max())
-                 for p in sorted((root / "cpu").glob("4-dog-*.png"))]
+        diffs = [
+            int(
+                np.abs(
+                    np.asarray(Image.open(p), dtype=int) - np.asarray(Image.open(root / name / p.name), dtype=int)
+                ).max()
+            )
+            for p in sorted((root / "cpu").glob("4-dog-*.png"))
+        ]
         lines.append(f"{name} vs cpu: largest pixel difference per image (0..255): {diffs}")
     print("\n".join(lines))
     (out / "sample_cuda.log").write_text("\n".join(lines) + "\n")
@@ -45,7 +71,16 @@ def compare_devices(out: Path) -> None:
 def benchmark(out: Path) -> None:
     with open(out / "bench_sampling.md", "w") as log:
         for args in BENCHMARKS:
-            command = [sys.executable, str(ROOT / "benchmarks" / "bench_sampling.py"), "--device", "cuda", "--dtype", "bf16", "--markdown", *args.split()]
+            command = [
+                sys.executable,
+                str(ROOT / "benchmarks" / "bench_sampling.py"),
+                "--device",
+                "cuda",
+                "--dtype",
+                "bf16",
+                "--markdown",
+                *args.split(),
+            ]
             result = subprocess.run(command, capture_output=True, text=True, timeout=140)
             print(result.stdout)
             log.write(result.stdout)

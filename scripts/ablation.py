@@ -5,7 +5,7 @@
 
 Each variant trains the built-in default (T/2, flow matching, the animals latents) with
 only `model.attention` changed: the same data order and random draws (they are functions
-of (seed, step)), the same steps and batch. Each is then scored with `sdtgen eval`'s code:
+of (seed, step)), the same steps and batch. Each is then scored by `sdtgen eval` (its metrics.json in <run>/eval):
 class-balanced samples, the built-in feature network. Results go to
 `<out>/results.json` and `<out>/ablation.png` (bars: the mean over seeds, dots: each seed).
 """
@@ -23,21 +23,45 @@ VARIANTS = ("vanilla", "fixed", "learned-fixed", "sdt", "sdt-decomposed")
 
 
 def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
-    from sdtgen.evaluation import evaluate
-    from sdtgen.training.config import load_config
+    from sdtgen.cli import main as sdtgen
+    from sdtgen.config import load_config
     from sdtgen.training.trainer import train
 
     run_dir = Path(args.out) / f"{variant}-seed{seed}"
-    overrides = [f"output_dir={run_dir}", f"model.attention={variant}", f"seed={seed}", f"train.max_steps={args.steps}",
-                 f"train.checkpoint_every={args.steps}", f"data.latent_cache={args.latent_cache}", "sample.per_class=4"]
+    overrides = [
+        f"output_dir={run_dir}",
+        f"model.attention={variant}",
+        f"seed={seed}",
+        f"train.max_steps={args.steps}",
+        f"train.checkpoint_every={args.steps}",
+        f"data.latent_cache={args.latent_cache}",
+        "sample.per_class=4",
+    ]
     start = time.perf_counter()
     train(load_config(None, overrides))
     train_seconds = time.perf_counter() - start
-    images, labels, settings = evaluate.sample_checkpoint(str(run_dir), args.num_samples, seed=seed, steps=args.sample_steps)
-    metrics = evaluate.score(images, labels, "animals")
-    evaluate.write_metrics(run_dir / "eval", metrics, settings, "animals")
-    return {"variant": variant, "seed": seed, "train_seconds": round(train_seconds, 1),
-            **{k: metrics[k] for k in ("fid", "class_accuracy", "is", "precision", "recall")}}
+    sdtgen(
+        [
+            "eval",
+            "--ckpt",
+            str(run_dir),
+            "--num-samples",
+            str(args.num_samples),
+            "--seed",
+            str(seed),
+            "--steps",
+            str(args.sample_steps),
+            "--out",
+            str(run_dir / "eval"),
+        ]
+    )
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    return {
+        "variant": variant,
+        "seed": seed,
+        "train_seconds": round(train_seconds, 1),
+        **{k: metrics[k] for k in ("fid", "class_accuracy", "is", "precision", "recall")},
+    }
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -47,7 +71,10 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120)
-    for ax, key, label in ((axes[0], "fid", "FID (lower is better)"), (axes[1], "class_accuracy", "class accuracy (higher is better)")):
+    for ax, key, label in (
+        (axes[0], "fid", "FID (lower is better)"),
+        (axes[1], "class_accuracy", "class accuracy (higher is better)"),
+    ):
         for x, variant in enumerate(VARIANTS):
             values = [r[key] for r in results if r["variant"] == variant]
             if values:

@@ -43,7 +43,7 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     n, size = images.shape[0], images.shape[-1]
     padded = F.pad(images, (MAX_SHIFT,) * 4, value=-1.0)  # -1 is the black background
     offsets = torch.randint(0, 2 * MAX_SHIFT + 1, (n, 2), generator=generator)
-    shifted = torch.stack([padded[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(offsets.tolist())])
+    shifted = torch.stack([padded[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(offsets.tolist())])
     flip = torch.rand(n, generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], shifted.flip(-1), shifted)
 
@@ -53,8 +53,7 @@ def train(net: AnimalsFeatureNet, images: torch.Tensor, labels: torch.Tensor, ar
     generator = torch.Generator().manual_seed(args.seed)
     steps_per_epoch = len(images) // args.batch_size
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr,
-                                                   total_steps=args.epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
     net.train()
     epoch_loss = float("nan")
     with tqdm(total=args.epochs * steps_per_epoch, desc="feature net", unit="step") as bar:
@@ -62,7 +61,7 @@ def train(net: AnimalsFeatureNet, images: torch.Tensor, labels: torch.Tensor, ar
             order = torch.randperm(len(images), generator=generator)
             total = 0.0
             for step in range(steps_per_epoch):
-                batch = order[step * args.batch_size:(step + 1) * args.batch_size]
+                batch = order[step * args.batch_size : (step + 1) * args.batch_size]
                 _, logits = net(augment(images[batch], generator))
                 loss = F.cross_entropy(logits, labels[batch])
                 optimizer.zero_grad(set_to_none=True)

@@ -33,8 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--kl-weight", type=float, default=1e-4,
-                        help="weight of the KL term, averaged over latent elements")
+    parser.add_argument(
+        "--kl-weight", type=float, default=1e-4, help="weight of the KL term, averaged over latent elements"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser.parse_args(argv)
 
@@ -111,8 +112,10 @@ def main(argv: list[str] | None = None) -> None:
         "args": {key: str(value) for key, value in vars(args).items()},
     }
     (args.out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"test PSNR {test_psnr:.2f} dB, latent std {latent_std:.4f}, "
-          f"training {train_seconds:.0f} s; saved to {args.out}")
+    print(
+        f"test PSNR {test_psnr:.2f} dB, latent std {latent_std:.4f}, "
+        f"training {train_seconds:.0f} s; saved to {args.out}"
+    )
 
 
 if __name__ == "__main__":

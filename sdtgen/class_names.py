@@ -32,7 +32,9 @@ def display_names(own: Sequence[str] | None, num_classes: int) -> list[str] | No
     if is_imagenet:
         return list(imagenet_names())
     if own and len(own) != num_classes:
-        raise ValueError(f"The model has {num_classes} classes but its class names list {len(own)}; the names belong to another model.")
+        raise ValueError(
+            f"The model has {num_classes} classes but its class names list {len(own)}; the names belong to another model."
+        )
     return list(own) if own else None
 
 
@@ -58,17 +60,17 @@ def resolve_class(spec: str | int, names: Sequence[str] | None, num_classes: int
         class_id = int(text)
         if not 0 <= class_id < num_classes:
             raise ValueError(
-                f"Class {class_id} is outside this model's range 0..{num_classes - 1} ({num_classes} classes); "
-                "`sdtgen sample --list-classes` lists them."
+                f"Class {class_id} is outside this model's range 0..{num_classes - 1} ({num_classes} classes)."
             )
         return class_id
     if not names:
-        raise ValueError(f"Class {text!r} is not an id, and this model has no class names; pass an id in 0..{num_classes - 1}.")
+        raise ValueError(
+            f"Class {text!r} is not an id, and this model has no class names; pass an id in 0..{num_classes - 1}."
+        )
     lookup = {normalize(name): i for i, name in enumerate(names)}
     key = normalize(text)
     if key in lookup:
         return lookup[key]
     close = difflib.get_close_matches(key, list(lookup), n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(repr(names[lookup[c]]) for c in close)}? " if close else ""
-    raise ValueError(f"Unknown class {text!r}; {hint}`sdtgen sample --list-classes` lists this model's {num_classes} classes.")
-
+    hint = f"; did you mean {' or '.join(repr(names[lookup[c]]) for c in close)}?" if close else "."
+    raise ValueError(f"Unknown class {text!r} among this model's {num_classes} class names{hint}")

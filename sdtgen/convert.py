@@ -37,16 +37,40 @@ DIT_HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1152: 16}
 
 # Settings a checkpoint fixes: overriding one would silently change or break the function.
 CHECKPOINT_SETTINGS = (
-    "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio", "num_classes",
-    "learn_sigma", "timestep_freq_shift", "norm_eps", "mlp_norm_eps",
+    "patch_size",
+    "in_channels",
+    "hidden_size",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "num_classes",
+    "learn_sigma",
+    "timestep_freq_shift",
+    "norm_eps",
+    "mlp_norm_eps",
 )
 
-_DIT_TOP_MODULES = ("x_embedder.proj", "t_embedder.mlp.0", "t_embedder.mlp.2", "final_layer.linear", "final_layer.adaLN_modulation.1")
+_DIT_TOP_MODULES = (
+    "x_embedder.proj",
+    "t_embedder.mlp.0",
+    "t_embedder.mlp.2",
+    "final_layer.linear",
+    "final_layer.adaLN_modulation.1",
+)
 _DIT_BLOCK_MODULES = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1")
 
 # diffusers module -> DiT module. Block modules are relative to transformer_blocks.i / blocks.i.
-_DIFFUSERS_TOP = {"pos_embed.proj": "x_embedder.proj", "proj_out_1": "final_layer.adaLN_modulation.1", "proj_out_2": "final_layer.linear"}
-_DIFFUSERS_BLOCK = {"norm1.linear": "adaLN_modulation.1", "attn1.to_out.0": "attn.proj", "ff.net.0.proj": "mlp.fc1", "ff.net.2": "mlp.fc2"}
+_DIFFUSERS_TOP = {
+    "pos_embed.proj": "x_embedder.proj",
+    "proj_out_1": "final_layer.adaLN_modulation.1",
+    "proj_out_2": "final_layer.linear",
+}
+_DIFFUSERS_BLOCK = {
+    "norm1.linear": "adaLN_modulation.1",
+    "attn1.to_out.0": "attn.proj",
+    "ff.net.0.proj": "mlp.fc1",
+    "ff.net.2": "mlp.fc2",
+}
 # Inside every block's norm1.emb; DiT (and SDTDiT) has one shared copy.
 _DIFFUSERS_EMBEDDER = {
     "timestep_embedder.linear_1": "t_embedder.mlp.0",
@@ -62,7 +86,10 @@ class ConversionError(ValueError):
 def dit_state_keys(depth: int) -> set[str]:
     """The keys of an original DiT state dict of `depth` blocks (and of a vanilla SDTDiT)."""
     modules = [*_DIT_TOP_MODULES, *(f"blocks.{i}.{name}" for i in range(depth) for name in _DIT_BLOCK_MODULES)]
-    return {f"{module}.{param}" for module in modules for param in ("weight", "bias")} | {"pos_embed", "y_embedder.embedding_table.weight"}
+    return {f"{module}.{param}" for module in modules for param in ("weight", "bias")} | {
+        "pos_embed",
+        "y_embedder.embedding_table.weight",
+    }
 
 
 def warm_start_settings(attention: str, **overrides) -> dict:
@@ -73,13 +100,17 @@ def warm_start_settings(attention: str, **overrides) -> dict:
     decomposed attention, RoPE, q/k norm) are allowed but logged as warnings.
     """
     if attention not in ATTENTION_VARIANTS:
-        raise ConversionError(f"Unknown attention variant {attention!r}; choose one of {', '.join(ATTENTION_VARIANTS)}.")
+        raise ConversionError(
+            f"Unknown attention variant {attention!r}; choose one of {', '.join(ATTENTION_VARIANTS)}."
+        )
     settings = {"attention": attention, **overrides}
     if attention in TRAINABLE_DECAY:
         scale = settings.setdefault("decay_scale_init", WARM_START_DECAY_SCALE)
         if not scale > 0:
             # At 0 the SDT decay has no gradient (|alpha|) and learned-fixed's logit is infinite.
-            raise ConversionError(f"decay_scale_init must be > 0 for a trainable decay, got {scale}; try {WARM_START_DECAY_SCALE}.")
+            raise ConversionError(
+                f"decay_scale_init must be > 0 for a trainable decay, got {scale}; try {WARM_START_DECAY_SCALE}."
+            )
     elif "decay_scale_init" in overrides and attention == "vanilla":
         logger.warning("decay_scale_init has no effect with attention 'vanilla' (there is no decay).")
     if attention == "fixed":
@@ -135,7 +166,9 @@ def convert_original_dit(
     return _build(config, state, settings)
 
 
-def convert_diffusers_dit(folder_or_model: str | Path | DiTTransformer2DModel, attention: str = "vanilla", **model_overrides) -> SDTDiT:
+def convert_diffusers_dit(
+    folder_or_model: str | Path | DiTTransformer2DModel, attention: str = "vanilla", **model_overrides
+) -> SDTDiT:
     """An SDTDiT from diffusers' DiT port (`DiTTransformer2DModel`, e.g. facebook/DiT-XL-2-256).
 
     Args:
@@ -162,16 +195,22 @@ def _build(config: dict, state: dict[str, torch.Tensor], settings: dict) -> SDTD
     """An SDTDiT of the checkpoint's architecture and the requested settings, holding its weights."""
     for key in CHECKPOINT_SETTINGS:
         if key in settings and settings[key] != config[key]:
-            raise ConversionError(f"{key}={settings[key]} conflicts with the checkpoint, which has {key}={config[key]}; leave it out.")
+            raise ConversionError(
+                f"{key}={settings[key]} conflicts with the checkpoint, which has {key}={config[key]}; leave it out."
+            )
     model = SDTDiT(**{**config, **settings})
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:
-        raise ConversionError(f"The checkpoint does not fit the requested model: {str(error).splitlines()[-1].strip()}") from None
+        raise ConversionError(
+            f"The checkpoint does not fit the requested model: {str(error).splitlines()[-1].strip()}"
+        ) from None
     # Everything the source holds must land, and only SDT's additions (plus recomputed positions) stay at init.
     left_at_init = set(missing) - (set(model.state_dict()) - dit_state_keys(config["depth"])) - {"pos_embed"}
     if unexpected or left_at_init:
-        raise RuntimeError(f"Conversion mapping out of sync with SDTDiT: unexpected {unexpected}, missing {sorted(left_at_init)}.")
+        raise RuntimeError(
+            f"Conversion mapping out of sync with SDTDiT: unexpected {unexpected}, missing {sorted(left_at_init)}."
+        )
     return model.eval()
 
 
@@ -189,7 +228,9 @@ def _read_original_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # torch.load raises many types for foreign files; all mean "unreadable"
         refusal = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if refusal is None:
-            raise ConversionError(f"{path} is not a PyTorch checkpoint that torch.load can read ({type(error).__name__}).") from None
+            raise ConversionError(
+                f"{path} is not a PyTorch checkpoint that torch.load can read ({type(error).__name__})."
+            ) from None
         raise ConversionError(
             f"{path} holds Python objects that torch.load(weights_only=True) refuses to unpickle ({refusal[1]}). "
             "If you trust the file, load it with torch.load(path, weights_only=False), torch.save just its state dict "
@@ -200,9 +241,16 @@ def _read_original_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(payload, dict):
         for entry in ("ema", "model"):
             if _is_state_dict(payload.get(entry)):
-                logger.info("Using the %r weights of training checkpoint %s (entries: %s).", entry, path, ", ".join(map(str, payload)))
+                logger.info(
+                    "Using the %r weights of training checkpoint %s (entries: %s).",
+                    entry,
+                    path,
+                    ", ".join(map(str, payload)),
+                )
                 return payload[entry]
-    raise ConversionError(f"{path} is not a DiT checkpoint: expected a state dict of tensors, or a dict with an 'ema' or 'model' state dict.")
+    raise ConversionError(
+        f"{path} is not a DiT checkpoint: expected a state dict of tensors, or a dict with an 'ema' or 'model' state dict."
+    )
 
 
 def _is_state_dict(value: object) -> bool:
@@ -223,21 +271,36 @@ def _original_config(state: dict[str, torch.Tensor], num_classes: int | None, nu
     grid = math.isqrt(tokens)
     out_channels = state["final_layer.linear.weight"].shape[0] // (patch * patch)
     if grid * grid != tokens or out_channels not in (in_channels, 2 * in_channels):
-        raise ConversionError(f"Not a DiT state dict: {tokens} positions or {out_channels} output channels do not fit a square DiT.")
+        raise ConversionError(
+            f"Not a DiT state dict: {tokens} positions or {out_channels} output channels do not fit a square DiT."
+        )
     rows = state["y_embedder.embedding_table.weight"].shape[0]
     if num_classes is None:
         num_classes = rows - 1
     if num_classes not in (rows - 1, rows):
-        raise ConversionError(f"num_classes={num_classes} does not fit the label table of {rows} rows (classes + 1 null class).")
+        raise ConversionError(
+            f"num_classes={num_classes} does not fit the label table of {rows} rows (classes + 1 null class)."
+        )
     if num_heads is None:
         if hidden not in DIT_HEADS_BY_WIDTH:
-            raise ConversionError(f"Width {hidden} is not a DiT size ({', '.join(map(str, DIT_HEADS_BY_WIDTH))}); give num_heads.")
+            raise ConversionError(
+                f"Width {hidden} is not a DiT size ({', '.join(map(str, DIT_HEADS_BY_WIDTH))}); give num_heads."
+            )
         num_heads = DIT_HEADS_BY_WIDTH[hidden]
     return dict(
-        input_size=grid * patch, patch_size=patch, in_channels=in_channels, hidden_size=hidden, depth=depth,
-        num_heads=num_heads, mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
-        num_classes=num_classes, class_dropout_prob=0.1 if rows > num_classes else 0.0,
-        learn_sigma=out_channels == 2 * in_channels, timestep_freq_shift=0.0, norm_eps=1e-6, mlp_norm_eps=1e-6,
+        input_size=grid * patch,
+        patch_size=patch,
+        in_channels=in_channels,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+        num_classes=num_classes,
+        class_dropout_prob=0.1 if rows > num_classes else 0.0,
+        learn_sigma=out_channels == 2 * in_channels,
+        timestep_freq_shift=0.0,
+        norm_eps=1e-6,
+        mlp_norm_eps=1e-6,
     )
 
 
@@ -246,7 +309,9 @@ def _drop_sincos_positions(state: dict[str, torch.Tensor], hidden: int, grid: in
     from sdtgen.models.embeddings import sincos_pos_embed_2d
 
     if not torch.allclose(state["pos_embed"][0].float(), sincos_pos_embed_2d(hidden, grid), atol=1e-5):
-        raise ConversionError("This checkpoint's position embedding is not DiT's fixed sin-cos one, so it cannot run at another input_size.")
+        raise ConversionError(
+            "This checkpoint's position embedding is not DiT's fixed sin-cos one, so it cannot run at another input_size."
+        )
     logger.info("Recomputing the sin-cos position embedding for the new input size.")
     del state["pos_embed"]
 
@@ -257,7 +322,9 @@ def _drop_sincos_positions(state: dict[str, torch.Tensor], hidden: int, grid: in
 def _load_diffusers_transformer(folder: Path) -> DiTTransformer2DModel:
     """Load a DiTTransformer2DModel from a model folder or a DiTPipeline folder, with clear errors."""
     if folder.is_file():
-        raise ConversionError(f"{folder} is a file; give a diffusers DiT model or pipeline folder (an original DiT .pt converts with --from dit).")
+        raise ConversionError(
+            f"{folder} is a file; give a diffusers DiT model or pipeline folder (an original DiT .pt checkpoint is converted by convert_original_dit)."
+        )
     if not folder.is_dir():
         raise ConversionError(f"{folder}: no such folder; give a diffusers DiT model or pipeline folder.")
     subfolder = "transformer" if (folder / "transformer" / "config.json").is_file() else None
@@ -299,17 +366,27 @@ def _diffusers_config(transformer: DiTTransformer2DModel) -> dict:
         raise ConversionError("This diffusers DiT uses a timestep embedding SDTDiT does not implement.")
     # SDTDiT shares one eps between the attention norm and the final norm; diffusers uses 1e-6 for both.
     if block.norm1.norm.eps != transformer.norm_out.eps:
-        raise ConversionError(f"Attention norm eps {block.norm1.norm.eps} differs from the final norm's {transformer.norm_out.eps}.")
+        raise ConversionError(
+            f"Attention norm eps {block.norm1.norm.eps} differs from the final norm's {transformer.norm_out.eps}."
+        )
     hidden = transformer.inner_dim
     out_channels = transformer.out_channels
     if out_channels not in (cfg.in_channels, 2 * cfg.in_channels):
         raise ConversionError(f"out_channels={out_channels} must be in_channels or twice it (learned sigma).")
     return dict(
-        input_size=cfg.sample_size, patch_size=cfg.patch_size, in_channels=cfg.in_channels, hidden_size=hidden,
-        depth=cfg.num_layers, num_heads=cfg.num_attention_heads, mlp_ratio=block.ff.net[0].proj.out_features / hidden,
-        num_classes=cfg.num_embeds_ada_norm, class_dropout_prob=embedder.class_embedder.dropout_prob,
-        learn_sigma=out_channels == 2 * cfg.in_channels, timestep_freq_shift=float(time_proj.downscale_freq_shift),
-        norm_eps=block.norm1.norm.eps, mlp_norm_eps=block.norm3.eps,
+        input_size=cfg.sample_size,
+        patch_size=cfg.patch_size,
+        in_channels=cfg.in_channels,
+        hidden_size=hidden,
+        depth=cfg.num_layers,
+        num_heads=cfg.num_attention_heads,
+        mlp_ratio=block.ff.net[0].proj.out_features / hidden,
+        num_classes=cfg.num_embeds_ada_norm,
+        class_dropout_prob=embedder.class_embedder.dropout_prob,
+        learn_sigma=out_channels == 2 * cfg.in_channels,
+        timestep_freq_shift=float(time_proj.downscale_freq_shift),
+        norm_eps=block.norm1.norm.eps,
+        mlp_norm_eps=block.norm3.eps,
     )
 
 
@@ -320,7 +397,7 @@ def _rename_diffusers_state(source: dict[str, torch.Tensor], depth: int) -> dict
     def move(src: str, dst: str) -> None:
         for key, tensor in source.items():
             if key.startswith(src + ".") and key.count(".") == src.count(".") + 1:
-                state[dst + key[len(src):]] = tensor
+                state[dst + key[len(src) :]] = tensor
 
     for src, dst in _DIFFUSERS_TOP.items():
         move(src, dst)
@@ -331,7 +408,9 @@ def _rename_diffusers_state(source: dict[str, torch.Tensor], depth: int) -> dict
         for src, dst in _DIFFUSERS_BLOCK.items():
             move(prefix + src, f"blocks.{i}.{dst}")
         for param in ("weight", "bias"):
-            state[f"blocks.{i}.attn.qkv.{param}"] = torch.cat([source[f"{prefix}attn1.to_{name}.{param}"] for name in "qkv"])
+            state[f"blocks.{i}.attn.qkv.{param}"] = torch.cat(
+                [source[f"{prefix}attn1.to_{name}.{param}"] for name in "qkv"]
+            )
         _check_shared_embedder(source, i)
     return state
 

@@ -1,13 +1,16 @@
 """SDTPipeline: an SDTDiT, its VAE and a scheduler as one diffusers pipeline.
 
     pipe = SDTPipeline.from_pretrained("pipelines/animals-sdt")
-    images = pipe(class_labels=["dog", 3], guidance_scale=2.0, generator=torch.manual_seed(0)).images
+    images = pipe(class_labels=["dog", 3], generator=torch.manual_seed(0)).images
 
 Like diffusers' DiTPipeline, plus: class names as labels, guidance on chosen channels and
 noise levels, DDPM with a learned variance, flow-matching schedulers, and pixel space
 (`vae=None`). The training objective is the scheduler's: a FlowMatch* scheduler samples a
 flow model, any other a DDPM one. `save_pretrained` writes `model_index.json` (with
 `id2label`), `transformer/`, `scheduler/` and `vae/` (absent in pixel space).
+
+One call is one batch; `sdtgen.generation.generate` splits a request of any size into
+batches with one seed per sample.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from sdtgen.class_names import id2label_names, resolve_class
-from sdtgen.diffusion.sampling import Guidance, default_steps, denoise, make_scheduler, objective_of
+from sdtgen.diffusion.sampling import Guidance, default_guidance, default_steps, denoise, make_scheduler, objective_of
 from sdtgen.models.dit import SDTDiT
 from sdtgen.vae import IDENTITY_VAE, LatentVAE
 
@@ -60,6 +63,25 @@ class SDTPipeline(DiffusionPipeline):
         # JSON turns the ids into strings; keep them ints in memory.
         self.register_to_config(id2label={int(k): v for k, v in id2label.items()} if id2label else None)
 
+    @classmethod
+    def from_model(
+        cls, transformer: SDTDiT, vae: LatentVAE, *, objective: str, sampler: str | None = None
+    ) -> SDTPipeline:
+        """A pipeline around an in-memory model and its LatentVAE (training-time grids and evaluation), without progress bars.
+
+        `sampler` None is the objective's default. The pipeline decodes with the scaling of
+        the VAE's config, so `vae` must use that scaling (as `load_vae` does by default).
+        """
+        pipe = cls(transformer, make_scheduler(objective, sampler, transformer.config.learn_sigma), vae.autoencoder)
+        decoder = pipe.latent_vae()
+        if (decoder.scale, decoder.shift) != (vae.scale, vae.shift):
+            raise ValueError(
+                f"The VAE scales latents by {vae.scale} with shift {vae.shift}, but its config (which a pipeline "
+                f"decodes with) says {decoder.scale} and {decoder.shift}."
+            )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     @property
     def class_names(self) -> list[str] | None:
         """Names of classes 0..num_classes-1 (ImageNet's for a 1,000-class model without its own), or None."""
@@ -82,17 +104,24 @@ class SDTPipeline(DiffusionPipeline):
     def latent_vae(self) -> LatentVAE:
         """The pipeline's VAE with its latent scaling (the identity in pixel space)."""
         if self.vae is None:
-            return LatentVAE(None, scale=1.0, shift=0.0, source=IDENTITY_VAE, image_channels=self.transformer.config.in_channels)
+            return LatentVAE(
+                None, scale=1.0, shift=0.0, source=IDENTITY_VAE, image_channels=self.transformer.config.in_channels
+            )
         config = self.vae.config
-        return LatentVAE(self.vae, scale=config.scaling_factor, shift=config.shift_factor or 0.0,
-                         source=self.name_or_path or "pipeline", image_channels=config.in_channels)
+        return LatentVAE(
+            self.vae,
+            scale=config.scaling_factor,
+            shift=config.shift_factor or 0.0,
+            source=self.name_or_path or "pipeline",
+            image_channels=config.in_channels,
+        )
 
     @torch.no_grad()
     def __call__(
         self,
         class_labels: Sequence[int | str] | int | str,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         guidance_channels: int | None = None,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
@@ -104,8 +133,9 @@ class SDTPipeline(DiffusionPipeline):
         Args:
             class_labels: class ids or names (see `class_names`), one per image.
             num_inference_steps: scheduler steps; None = sdtgen's default for the sampler.
-            guidance_scale: classifier-free guidance, 1 = off. Unlike DiTPipeline, a scale
-                below 1 still guides (0 = the unconditional model).
+            guidance_scale: classifier-free guidance, 1 = off; None = DEFAULT_GUIDANCE (1 for
+                a model trained without label dropout). Unlike DiTPipeline, a scale below 1
+                still guides (0 = the unconditional model).
             generator: a generator, or one per image (then each image depends only on its
                 own generator, whatever the batch).
             guidance_channels: guide only the first N latent channels (3 = DiT's original
@@ -120,8 +150,18 @@ class SDTPipeline(DiffusionPipeline):
         specs = [class_labels] if isinstance(class_labels, (int, str)) else list(class_labels)
         labels = torch.tensor(self.get_label_ids(specs), dtype=torch.long)
         steps = default_steps(self.scheduler) if num_inference_steps is None else num_inference_steps
+        if guidance_scale is None:
+            guidance_scale = default_guidance(self.transformer.config)
         guidance = Guidance(guidance_scale, guidance_channels, tuple(guidance_interval))
-        latents = denoise(self.transformer, self.scheduler, labels, steps=steps, guidance=guidance, generator=generator, progress=self.progress_bar)
+        latents = denoise(
+            self.transformer,
+            self.scheduler,
+            labels,
+            steps=steps,
+            guidance=guidance,
+            generator=generator,
+            progress=self.progress_bar,
+        )
         if output_type == "latent":
             images = latents
         else:

@@ -21,9 +21,34 @@ from diffusers import AutoencoderKL
 
 BUILTIN_VAE = "builtin"
 IDENTITY_VAE = "identity"
-# diffusers clamps log-variances to [-30, 20]; the identity "posterior" sits at the floor.
-_MIN_LOGVAR = -30.0
+# diffusers clamps posterior log-variances to this range; the identity "posterior" sits at the floor.
+LOGVAR_RANGE = (-30.0, 20.0)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def sample_posterior(
+    mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None, *, scale: float, shift: float
+) -> torch.Tensor:
+    """The model's latent ``(z - shift) * scale`` of the posterior sample ``z = mean + exp(logvar / 2) * noise``.
+
+    The one posterior sampler: training (noise from the step's generator),
+    :meth:`LatentVAE.sample_latent` and the latent cache's ``draw_latents`` call it. The
+    log-variance is clamped to :data:`LOGVAR_RANGE` as diffusers does, which changes nothing
+    for moments an ``AutoencoderKL`` returned (they are clamped already). ``noise=None``
+    takes the mean: the identity VAE, whose posterior is a point.
+    """
+    z = mean if noise is None else mean + torch.exp(0.5 * logvar.clamp(*LOGVAR_RANGE)) * noise
+    return (z - shift) * scale
+
+
+def standard_normal(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, on its device and dtype.
+
+    Drawn on ``generator``'s device and then moved, so a seed gives the same noise on every
+    device.
+    """
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
 class LatentVAE(torch.nn.Module):
@@ -60,7 +85,7 @@ class LatentVAE(torch.nn.Module):
         """Posterior mean and log-variance (unscaled), each (B, latent_channels, H/f, W/f)."""
         self._check_images(images)
         if self.autoencoder is None:
-            return images.clone(), torch.full_like(images, _MIN_LOGVAR)
+            return images.clone(), torch.full_like(images, LOGVAR_RANGE[0])
         posterior = self.autoencoder.encode(images.to(self.autoencoder.dtype)).latent_dist
         return posterior.mean, posterior.logvar
 
@@ -69,20 +94,20 @@ class LatentVAE(torch.nn.Module):
         mean: torch.Tensor,
         logvar: torch.Tensor,
         generator: torch.Generator | None = None,
+        *,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Draw ``z ~ N(mean, exp(logvar))`` and return the scaled latent ``(z - shift) * scale``.
 
-        The noise is drawn on ``generator``'s device (then moved), so a seed gives the same
-        latents on every device. The identity VAE returns the mean, without noise.
+        ``noise`` (standard normal, shaped like ``mean``) is used as given, else drawn with
+        :func:`standard_normal` on ``generator``. The identity VAE returns the mean, without
+        noise. See :func:`sample_posterior`.
         """
         if self.autoencoder is None:
-            z = mean
-        else:
-            device = generator.device if generator is not None else mean.device
-            noise = torch.randn(mean.shape, generator=generator, device=device,
-                                dtype=mean.dtype).to(mean.device)
-            z = mean + torch.exp(0.5 * logvar.clamp(_MIN_LOGVAR, 20.0)) * noise
-        return self.scale_latent(z)
+            noise = None
+        elif noise is None:
+            noise = standard_normal(mean, generator)
+        return sample_posterior(mean, logvar, noise, scale=self.scale, shift=self.shift)
 
     def scale_latent(self, z: torch.Tensor) -> torch.Tensor:
         """Map an unscaled latent ``z`` to the model's space: ``(z - shift) * scale``."""
@@ -93,8 +118,7 @@ class LatentVAE(torch.nn.Module):
         """Images in [-1, 1], (B, image_channels, H, W), from scaled latents."""
         if scaled_latents.ndim != 4 or scaled_latents.shape[1] != self.latent_channels:
             raise ValueError(
-                f"decode expects latents of shape (B, {self.latent_channels}, h, w), got "
-                f"{tuple(scaled_latents.shape)}."
+                f"decode expects latents of shape (B, {self.latent_channels}, h, w), got {tuple(scaled_latents.shape)}."
             )
         z = scaled_latents / self.scale + self.shift
         if self.autoencoder is not None:
@@ -115,8 +139,12 @@ class LatentVAE(torch.nn.Module):
 
     def _check_images(self, images: torch.Tensor) -> None:
         factor = self.downsample_factor
-        if (images.ndim != 4 or images.shape[1] != self.image_channels
-                or images.shape[2] % factor or images.shape[3] % factor):
+        if (
+            images.ndim != 4
+            or images.shape[1] != self.image_channels
+            or images.shape[2] % factor
+            or images.shape[3] % factor
+        ):
             raise ValueError(
                 f"The VAE {self.source!r} expects images of shape (B, {self.image_channels}, "
                 f"H, W) with H and W divisible by {factor}, got {tuple(images.shape)}."
@@ -181,12 +209,15 @@ def load_vae(
     if spec == IDENTITY_VAE:
         if image_channels is None:
             raise ValueError(
-                "The identity VAE needs image_channels (1 for the built-in animals "
-                "dataset, 3 for RGB image folders)."
+                "The identity VAE needs image_channels (1 for the built-in animals dataset, 3 for RGB image folders)."
             )
-        vae = LatentVAE(None, scale=1.0 if scale is None else scale,
-                        shift=0.0 if shift is None else shift,
-                        source=spec, image_channels=image_channels)
+        vae = LatentVAE(
+            None,
+            scale=1.0 if scale is None else scale,
+            shift=0.0 if shift is None else shift,
+            source=spec,
+            image_channels=image_channels,
+        )
         return vae.to(device=device, dtype=dtype)
 
     folder = builtin_vae_dir() if spec == BUILTIN_VAE else Path(spec).expanduser()

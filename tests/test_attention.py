@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from sdtgen.models.attention import ATTENTION_VARIANTS, SpatialDecayAttention, apply_rope_2d
-from sdtgen.models.backends import attention_flex, attention_math, attention_sdpa, decomposed_grid_attention, flex_available
+from sdtgen.models.backends import (
+    attention_flex,
+    attention_math,
+    attention_sdpa,
+    decomposed_grid_attention,
+    flex_available,
+)
 from sdtgen.models.decay import decay_bias, rmt_gammas
 
 GRID = (3, 4)  # not square, to catch row / column mix-ups
@@ -61,7 +67,10 @@ def test_constant_gates_reproduce_rmt_fixed_mask():
     gammas = [1 - 2 ** (-2 - 4 * h / heads) for h in range(heads)]
     assert gammas[0] == 0.75
     rmt = torch.tensor(
-        [[[brute_force_manhattan(i, j, GRID[1]) * math.log(g) for j in range(TOKENS)] for i in range(TOKENS)] for g in gammas]
+        [
+            [[brute_force_manhattan(i, j, GRID[1]) * math.log(g) for j in range(TOKENS)] for i in range(TOKENS)]
+            for g in gammas
+        ]
     )
     for b in range(3):
         torch.testing.assert_close(bias[b], rmt.float(), rtol=1e-6, atol=1e-6)
@@ -73,7 +82,9 @@ def test_data_independent_variants_start_at_rmt_mask(variant):
     attn = SpatialDecayAttention(32, 4, attention=variant)
     sdt = SpatialDecayAttention(32, 4, attention="sdt")
     x = torch.randn(2, TOKENS, 32)
-    torch.testing.assert_close(decay_bias(attn.log_decay(x), GRID).expand(2, -1, -1, -1), decay_bias(sdt.log_decay(x), GRID))
+    torch.testing.assert_close(
+        decay_bias(attn.log_decay(x), GRID).expand(2, -1, -1, -1), decay_bias(sdt.log_decay(x), GRID)
+    )
 
 
 def brute_force_decomposed(q, k, v, lam, grid):
@@ -154,8 +165,12 @@ def test_flex_forward_agrees_with_math():
     q, k, v = (torch.randn(2, 2, 16, 16) for _ in range(3))
     lam = -torch.rand(2, 2, 16)
     with torch.no_grad():
-        torch.testing.assert_close(attention_flex(q, k, v, lam, (4, 4)), attention_math(q, k, v, lam, (4, 4)), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(attention_flex(q, k, v, None, (4, 4)), attention_sdpa(q, k, v, None, (4, 4)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            attention_flex(q, k, v, lam, (4, 4)), attention_math(q, k, v, lam, (4, 4)), rtol=1e-4, atol=1e-5
+        )
+        torch.testing.assert_close(
+            attention_flex(q, k, v, None, (4, 4)), attention_sdpa(q, k, v, None, (4, 4)), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_flex_training_on_cpu_fails_clearly():

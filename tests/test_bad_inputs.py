@@ -22,13 +22,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from sdtgen.cli import main
-from sdtgen.errors import one_line_errors
-from sdtgen.loading import check_launch
+from sdtgen.cli.errors import one_line_errors
+from sdtgen.config import load_config
+from sdtgen.distributed import check_launch
 from sdtgen.models.dit import SDTDiT
 from sdtgen.training import checkpoint as ckpt
-from sdtgen.training.config import load_config
 from sdtgen.training.trainer import train
-
 from test_training import TINY
 from tiny_runs import random_model, write_run
 
@@ -45,7 +44,9 @@ def one_error_line(capsys, run, expected_status: int) -> str:
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if ": error: " in line]
     assert exit_info.value.code == expected_status, err[-2000:]
-    assert len(lines) == 1 and lines[0].startswith(("train_gen.py: error: ", "sdtgen ")) and "Traceback" not in err, err[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(("train_gen.py: error: ", "sdtgen ")) and "Traceback" not in err, (
+        err[-2000:]
+    )
     return lines[0]
 
 
@@ -132,7 +133,9 @@ def damaged_copy(run_dir: Path, to: Path, damage: str) -> Path:
     elif damage == "corrupt optimizer":
         (checkpoint / "optimizer.pt").write_bytes(b"not a torch file")
     elif damage in ("nan weights", "nan ema weights"):
-        file = checkpoint / ("model/diffusion_pytorch_model.safetensors" if damage == "nan ema weights" else "training_model.safetensors")
+        file = checkpoint / (
+            "model/diffusion_pytorch_model.safetensors" if damage == "nan ema weights" else "training_model.safetensors"
+        )
         save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(file).items()}, file)
     return to
 
@@ -145,11 +148,26 @@ TRAINER_CASES = [
     ("resume: optimizer.pt missing", ["train.resume=latest", "damage=missing optimizer"], 1, "is unreadable"),
     ("resume: optimizer.pt corrupt", ["train.resume=latest", "damage=corrupt optimizer"], 1, "is unreadable"),
     ("resume: NaN weights", ["train.resume=latest", "damage=nan weights"], 2, "holds non-finite weights"),
-    ("resume: NaN EMA weights", ["train.resume=latest", "damage=nan ema weights"], 2, "diffusion_pytorch_model.safetensors holds non-finite"),
-    ("pretrained: NaN weights", ["model.pretrained={run}/checkpoints/checkpoint-2/model", "damage=nan ema weights"], 2, "holds non-finite weights"),
+    (
+        "resume: NaN EMA weights",
+        ["train.resume=latest", "damage=nan ema weights"],
+        2,
+        "diffusion_pytorch_model.safetensors holds non-finite",
+    ),
+    (
+        "pretrained: NaN weights",
+        ["model.pretrained={run}/checkpoints/checkpoint-2/model", "damage=nan ema weights"],
+        2,
+        "holds non-finite weights",
+    ),
     ("resume: other global batch", ["train.resume=latest", "train.global_batch_size=4"], 2, "data order would change"),
     ("micro batch does not divide", ["train.micro_batch_size=3"], 2, "multiple of train.micro_batch_size=3"),
-    ("disk full while saving", ["train.max_steps=3", "train.resume=latest", "fault=disk full"], 1, "No space left on device"),
+    (
+        "disk full while saving",
+        ["train.max_steps=3", "train.resume=latest", "fault=disk full"],
+        1,
+        "No space left on device",
+    ),
 ]
 
 
@@ -159,7 +177,9 @@ def test_train_gen_runtime_errors(finished_run, files, tmp_path, monkeypatch, ca
     run_dir = damaged_copy(finished_run, tmp_path / "run", options.get("damage", ""))
     if options.get("fault") == "disk full":
         monkeypatch.setattr(ckpt.torch, "save", _raise(OSError(errno.ENOSPC, "No space left on device")))
-    overrides = [a.format(tmp=tmp_path, files=files, run=run_dir) for a in argv if not a.startswith(("damage=", "fault="))]
+    overrides = [
+        a.format(tmp=tmp_path, files=files, run=run_dir) for a in argv if not a.startswith(("damage=", "fault="))
+    ]
     command = train_gen(monkeypatch, f"output_dir={run_dir}", *TINY, "train.max_steps=2", *overrides)
     assert message in one_error_line(capsys, command, status)
 
@@ -198,7 +218,7 @@ CLI_CASES = [
     (["export", "--ckpt", "{nan}"], 2, "holds non-finite weights"),
     (["eval", "--ckpt", "{good}", "--seed", HUGE], 2, "--seed must be in 0.."),
     (["eval", "--ckpt", "{nan}", "--num-samples", "2"], 2, "holds non-finite weights"),
-    (["eval", "--ckpt", "{good}", "--ref", "bogus"], 2, "--ref bogus is not 'animals'"),
+    (["eval", "--ckpt", "{good}", "--ref", "bogus"], 2, "--ref: The reference bogus is not 'animals'"),
     (["eval", "--samples", "{mixed}"], 2, "1-b.png is 16x16 with 3 channels but 0-a.png is 32x32"),
 ]
 
@@ -226,7 +246,11 @@ def test_non_finite_samples_are_an_error_not_black_images(runs, tmp_path, capsys
 
     monkeypatch.setattr(SDTPipeline, "__call__", overflowing)
     out = tmp_path / "out"
-    line = one_error_line(capsys, lambda: main(["sample", "--ckpt", str(runs["good"]), "--class", "cat", "--num", "1", "--out", str(out)]), 1)
+    line = one_error_line(
+        capsys,
+        lambda: main(["sample", "--ckpt", str(runs["good"]), "--class", "cat", "--num", "1", "--out", str(out)]),
+        1,
+    )
     assert "came out non-finite" in line
     assert not list(out.glob("*.png"))
 
@@ -260,18 +284,37 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("use_cpu, overrides, expected", [
-    ("1", ["train.global_batch_size=7"], "must divide evenly over 2 processes"),
-    ("0", [], "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2"),
-])
+@pytest.mark.parametrize(
+    "use_cpu, overrides, expected",
+    [
+        ("1", ["train.global_batch_size=7"], "must divide evenly over 2 processes"),
+        ("0", [], "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2"),
+    ],
+)
 def test_launch_errors_are_one_line_from_rank_0(tmp_path, use_cpu, overrides, expected):
     if torch.cuda.is_available() and use_cpu == "0":
         pytest.skip("with a GPU the processes join")
     env = {**os.environ, "ACCELERATE_USE_CPU": use_cpu, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(  # what `accelerate launch --multi_gpu --num_processes 2` runs
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(TRAIN_GEN), f"output_dir={tmp_path}", *TINY, "train.max_steps=1", *overrides],
-        capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(TRAIN_GEN),
+            f"output_dir={tmp_path}",
+            *TINY,
+            "train.max_steps=1",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        cwd=tmp_path,
     )
     errors = [line for line in result.stderr.splitlines() if "train_gen.py: error:" in line]
     assert result.returncode != 0 and len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
@@ -295,20 +338,32 @@ def save(run_dir: Path, step: int, marker: float) -> Path:
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.fill_(marker)
-    return ckpt.save_checkpoint(run_dir / "checkpoints", step, ema_model=model, training_model=model,
-                                optimizer=torch.optim.AdamW(model.parameters()), scaler=None,
-                                trainer_state={"step": step, "marker": marker}, keep=5)
+    return ckpt.save_checkpoint(
+        run_dir / "checkpoints",
+        step,
+        ema_model=model,
+        training_model=model,
+        optimizer=torch.optim.AdamW(model.parameters()),
+        scaler=None,
+        trainer_state={"step": step, "marker": marker},
+        keep=5,
+    )
 
 
 def marker_of(checkpoint: Path) -> float:
     return json.loads((checkpoint / "trainer_state.json").read_text())["marker"]
 
 
-@pytest.mark.parametrize("failing_call, expected_marker", [
-    (1, 1.0),  # moving the old checkpoint aside: the old one stays
-    (2, 2.0),  # renaming the new one in (old aside, new complete): recovery renames the new one in
-])
-def test_a_failed_swap_leaves_a_complete_checkpoint_that_the_next_save_recovers(finished_run, tmp_path, monkeypatch, failing_call, expected_marker):
+@pytest.mark.parametrize(
+    "failing_call, expected_marker",
+    [
+        (1, 1.0),  # moving the old checkpoint aside: the old one stays
+        (2, 2.0),  # renaming the new one in (old aside, new complete): recovery renames the new one in
+    ],
+)
+def test_a_failed_swap_leaves_a_complete_checkpoint_that_the_next_save_recovers(
+    finished_run, tmp_path, monkeypatch, failing_call, expected_marker
+):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
     save(run_dir, 3, 1.0)
@@ -330,7 +385,12 @@ def test_a_failed_swap_leaves_a_complete_checkpoint_that_the_next_save_recovers(
     assert latest.name == "checkpoint-3" and marker_of(latest) == expected_marker
     assert ckpt.load_training_state(latest)[0]  # complete and loadable
     save(run_dir, 4, 3.0)
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "checkpoint-1",
+        "checkpoint-2",
+        "checkpoint-3",
+        "checkpoint-4",
+    ]
 
 
 def test_a_failed_delete_of_the_old_copy_is_finished_by_recovery(finished_run, tmp_path, monkeypatch):

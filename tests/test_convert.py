@@ -17,7 +17,6 @@ from sdtgen.models.embeddings import sincos_pos_embed_2d
 from stand_ins import NUM_CLASSES, original_state_dict, tiny_diffusers_dit
 
 
-
 def make_inputs(channels: int, size: int, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Latents, spread-out timesteps and labels including the null class."""
     generator = torch.Generator().manual_seed(1)
@@ -40,7 +39,9 @@ def test_diffusers_folder_converts_exactly(diffusers_dit, tmp_path, layout):
     source = tmp_path / "source"
     if layout == "pipeline":
         diffusers_dit.save_pretrained(source / "transformer")
-        (source / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"]}))
+        (source / "model_index.json").write_text(
+            json.dumps({"_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"]})
+        )
     else:
         diffusers_dit.save_pretrained(source)
     if layout == "hub-2023":
@@ -69,7 +70,9 @@ def test_diffusers_per_block_embedders_must_agree():
 # ------------------------------------------------------------------ original DiT
 
 
-def reference_dit(state: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, heads: int) -> torch.Tensor:
+def reference_dit(
+    state: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, heads: int
+) -> torch.Tensor:
     """The original DiT forward (eval mode), restated with plain tensor ops on its state dict."""
 
     def linear(z, name):
@@ -80,7 +83,9 @@ def reference_dit(state: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tens
     batch, width, rows, cols = tokens.shape
     tokens = tokens.flatten(2).transpose(1, 2) + state["pos_embed"]
     angles = t.float()[:, None] * torch.exp(-math.log(10000.0) * torch.arange(128) / 128)
-    t_emb = linear(F.silu(linear(torch.cat([angles.cos(), angles.sin()], dim=1), "t_embedder.mlp.0")), "t_embedder.mlp.2")
+    t_emb = linear(
+        F.silu(linear(torch.cat([angles.cos(), angles.sin()], dim=1), "t_embedder.mlp.0")), "t_embedder.mlp.2"
+    )
     c = F.silu(t_emb + state["y_embedder.embedding_table.weight"][y])
 
     def norm(z):
@@ -88,8 +93,12 @@ def reference_dit(state: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tens
 
     depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
     for i in range(depth):
-        shift1, scale1, gate1, shift2, scale2, gate2 = linear(c, f"blocks.{i}.adaLN_modulation.1")[:, None].chunk(6, dim=-1)
-        q, k, v = linear(norm(tokens) * (1 + scale1) + shift1, f"blocks.{i}.attn.qkv").unflatten(-1, (3, heads, -1)).unbind(2)
+        shift1, scale1, gate1, shift2, scale2, gate2 = linear(c, f"blocks.{i}.adaLN_modulation.1")[:, None].chunk(
+            6, dim=-1
+        )
+        q, k, v = (
+            linear(norm(tokens) * (1 + scale1) + shift1, f"blocks.{i}.attn.qkv").unflatten(-1, (3, heads, -1)).unbind(2)
+        )
         weights = (torch.einsum("bnhd,bmhd->bhnm", q, k) / math.sqrt(q.shape[-1])).softmax(dim=-1)
         attended = torch.einsum("bhnm,bmhd->bnhd", weights, v).flatten(2)
         tokens = tokens + gate1 * linear(attended, f"blocks.{i}.attn.proj")
@@ -108,7 +117,11 @@ def test_original_checkpoint_converts_exactly(tmp_path):
     assert main(["convert", "--from", "dit", str(tmp_path / "dit.pt"), "--out", str(tmp_path / "out")]) == 0
 
     converted = SDTDiT.from_pretrained(tmp_path / "out")
-    assert (converted.config.num_heads, converted.config.num_classes, converted.config.learn_sigma) == (6, NUM_CLASSES, True)
+    assert (converted.config.num_heads, converted.config.num_classes, converted.config.learn_sigma) == (
+        6,
+        NUM_CLASSES,
+        True,
+    )
     x, t, y = make_inputs(4, 8)
     with torch.no_grad():
         assert (converted(x, t, y) - reference_dit(state, x, t, y, heads=6)).abs().max() <= 1e-5
@@ -116,14 +129,21 @@ def test_original_checkpoint_converts_exactly(tmp_path):
 
 def test_training_checkpoint_uses_ema_weights(tmp_path, capsys):
     ema = original_state_dict(depth=1, width=32, patch=2, grid=4, seed=1)
-    checkpoint = {"model": original_state_dict(1, 32, 2, 4, seed=2), "ema": ema, "opt": {"state": {}}, "args": argparse.Namespace(model="DiT-S/2")}
+    checkpoint = {
+        "model": original_state_dict(1, 32, 2, 4, seed=2),
+        "ema": ema,
+        "opt": {"state": {}},
+        "args": argparse.Namespace(model="DiT-S/2"),
+    }
     torch.save(checkpoint, tmp_path / "0100000.pt")
     main(["convert", "--from", "dit", str(tmp_path / "0100000.pt"), "--num-heads", "2", "--out", str(tmp_path / "out")])
 
     assert "'ema'" in capsys.readouterr().err
     x, t, y = make_inputs(4, 8)
     with torch.no_grad():
-        assert (SDTDiT.from_pretrained(tmp_path / "out")(x, t, y) - reference_dit(ema, x, t, y, heads=2)).abs().max() <= 1e-5
+        assert (
+            SDTDiT.from_pretrained(tmp_path / "out")(x, t, y) - reference_dit(ema, x, t, y, heads=2)
+        ).abs().max() <= 1e-5
 
 
 def test_input_size_change_recomputes_sincos_positions(tmp_path):
@@ -168,7 +188,9 @@ def test_warm_start_is_close_and_its_decay_trains(warm_start_source, tmp_path, a
     for block in model.blocks:
         for name in names:
             grad = block.attn.get_parameter(name).grad
-            assert grad is not None and grad.reshape(len(grad), -1).ne(0).any(dim=1).all(), f"{name}: a head gets no gradient"
+            assert grad is not None and grad.reshape(len(grad), -1).ne(0).any(dim=1).all(), (
+                f"{name}: a head gets no gradient"
+            )
 
 
 def test_lepe_keeps_the_warm_start_exact(warm_start_source):
@@ -207,7 +229,18 @@ def write_bad_sources(tmp_path) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "not a DiT", "refused pickle", "not a checkpoint", "missing folder", "file for diffusers", "unknown variant"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "not a DiT",
+        "refused pickle",
+        "not a checkpoint",
+        "missing folder",
+        "file for diffusers",
+        "unknown variant",
+    ],
+)
 def test_bad_sources_give_one_error_line(tmp_path, capsys, case):
     with pytest.raises(SystemExit) as exit_info:
         main(write_bad_sources(tmp_path)[case])

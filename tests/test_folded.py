@@ -15,8 +15,13 @@ GRIDS = [(3, 4), (8, 8), (5, 2), (1, 6), (6, 1)]  # square, both non-square orie
 def test_distance_factors_are_exact_and_cancellation_free(grid):
     onehot, table = distance_factors(*grid, torch.device("cpu"))
     height, width = grid
-    brute = torch.tensor([[abs(i // width - j // width) + abs(i % width - j % width) for j in range(height * width)]
-                          for i in range(height * width)], dtype=torch.float32)
+    brute = torch.tensor(
+        [
+            [abs(i // width - j // width) + abs(i % width - j % width) for j in range(height * width)]
+            for i in range(height * width)
+        ],
+        dtype=torch.float32,
+    )
     assert torch.equal(onehot @ table.T, brute)
     assert set(onehot.unique().tolist()) <= {0.0, 1.0} and (onehot.sum(1) == sum(s > 1 for s in grid)).all()
     assert (table >= 0).all()  # a sum of non-negative terms: nothing cancels
@@ -101,7 +106,9 @@ def test_grids_past_the_head_size_limit_fall_back_and_stay_exact():
     generator = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(1, 2, 250, 8, generator=generator) for _ in range(3))
     lam = -torch.rand(1, 2, 250, generator=generator)
-    torch.testing.assert_close(grid_attention(q, k, v, lam, grid, "folded"), attention_math(q, k, v, lam, grid), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        grid_attention(q, k, v, lam, grid, "folded"), attention_math(q, k, v, lam, grid), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_folded_head_sizes():

@@ -10,7 +10,9 @@ from sdtgen import SDTDiT
 from sdtgen.models.attention import SpatialDecayAttention
 from sdtgen.models.backends import flex_available
 
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and flex_available()), reason="needs CUDA and FlexAttention")
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and flex_available()), reason="needs CUDA and FlexAttention"
+)
 
 
 def _attention_step(variant: str, backend: str, x: torch.Tensor, dtype: torch.dtype):
@@ -71,8 +73,10 @@ def test_flex_and_folded_hold_no_nxn_bias_in_memory():
     flex = _peak_training_memory("flex", "sdt")
     folded = _peak_training_memory("folded", "sdt")
     sdpa = _peak_training_memory("sdpa", "sdt")
-    print(f"peak training MiB at 1024 tokens, batch 8, bf16: vanilla {vanilla:.0f}, sdt flex {flex:.0f}, "
-          f"sdt folded {folded:.0f}, sdt sdpa {sdpa:.0f}")
+    print(
+        f"peak training MiB at 1024 tokens, batch 8, bf16: vanilla {vanilla:.0f}, sdt flex {flex:.0f}, "
+        f"sdt folded {folded:.0f}, sdt sdpa {sdpa:.0f}"
+    )
     assert flex < 1.15 * vanilla and folded < 1.3 * vanilla
     assert sdpa > flex + 6 * 96  # the materialised masks, saved for backward in (at least half of) the layers
 
@@ -85,7 +89,7 @@ def test_short_bf16_flex_training_run_is_finite_and_learns_the_decay():
     y = torch.randint(0, 10, (32,), device="cuda")
     alpha_before = torch.stack([b.attn.alpha.detach().clone() for b in model.blocks])
     losses = []
-    for step in range(30):
+    for _step in range(30):
         t = torch.randint(0, 1000, (32,), device="cuda")
         noise = torch.randn_like(x)
         with torch.autocast("cuda", dtype=torch.bfloat16):

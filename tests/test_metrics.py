@@ -82,14 +82,16 @@ def test_frechet_distance_equals_closed_form_for_gaussians():
     mu_1, mu_2 = rng.normal(size=dim), rng.normal(size=dim)
     a, b = rng.normal(size=(dim, dim)), rng.normal(size=(dim, dim))
     sigma_1, sigma_2 = a @ a.T + 0.1 * np.eye(dim), b @ b.T + 0.1 * np.eye(dim)
-    fid = fid_statistics_to_metric({"mu": mu_1, "sigma": sigma_1}, {"mu": mu_2, "sigma": sigma_2},
-                                   verbose=False)["frechet_inception_distance"]
+    fid = fid_statistics_to_metric({"mu": mu_1, "sigma": sigma_1}, {"mu": mu_2, "sigma": sigma_2}, verbose=False)[
+        "frechet_inception_distance"
+    ]
     assert fid == pytest.approx(closed_form(mu_1, sigma_1, mu_2, sigma_2), rel=1e-8)
 
     # Diagonal covariances commute: FID = |m1 - m2|^2 + sum (sqrt(s1) - sqrt(s2))^2 exactly.
     s_1, s_2 = rng.uniform(0.5, 2.0, dim), rng.uniform(0.5, 2.0, dim)
-    fid = fid_statistics_to_metric({"mu": mu_1, "sigma": np.diag(s_1)}, {"mu": mu_2, "sigma": np.diag(s_2)},
-                                   verbose=False)["frechet_inception_distance"]
+    fid = fid_statistics_to_metric(
+        {"mu": mu_1, "sigma": np.diag(s_1)}, {"mu": mu_2, "sigma": np.diag(s_2)}, verbose=False
+    )["frechet_inception_distance"]
     expected = ((mu_1 - mu_2) ** 2).sum() + ((np.sqrt(s_1) - np.sqrt(s_2)) ** 2).sum()
     assert fid == pytest.approx(expected, rel=1e-8)
 
@@ -154,9 +156,19 @@ def test_torch_fidelity_calculate_metrics_uses_the_registered_extractor(test_spl
     images, _ = test_split
     train, _ = load_animals("train")
     samples, reference = images[:300], train[::30]
-    ours = calculate_metrics(input1=ImageTensorDataset(samples), input2=ImageTensorDataset(reference),
-                             feature_extractor=EXTRACTOR_NAME, fid=True, isc=True, kid=True, prc=True,
-                             kid_subset_size=100, cuda=False, verbose=False, save_cpu_ram=True)
+    ours = calculate_metrics(
+        input1=ImageTensorDataset(samples),
+        input2=ImageTensorDataset(reference),
+        feature_extractor=EXTRACTOR_NAME,
+        fid=True,
+        isc=True,
+        kid=True,
+        prc=True,
+        kid_subset_size=100,
+        cuda=False,
+        verbose=False,
+        save_cpu_ram=True,
+    )
     wrapped = compute_metrics(samples, reference=reference, kid_subset_size=100)
     assert ours["frechet_inception_distance"] == pytest.approx(wrapped["fid"], rel=1e-5)
     assert ours["inception_score_mean"] == pytest.approx(wrapped["is"], rel=1e-5)
@@ -173,6 +185,13 @@ def test_fid_against_npz_uses_precomputed_statistics(tmp_path, test_split):
     result = fid_against_npz(samples, npz, feature_extractor=STAND_IN)
     assert result["fid"] == pytest.approx(frechet_scipy(features, reference), rel=1e-4)
     assert result["provenance"]["num_samples"] == 500 and "reference.npz" in result["provenance"]["reference"]
+    # With reference images as well (ADM's batches): FID from the statistics, the rest from the images.
+    both = compute_metrics(
+        samples, reference=images[:500], feature_extractor=STAND_IN, kid_subset_size=100, fid_statistics=npz
+    )
+    assert both["fid"] == result["fid"] and both["provenance"]["fid_reference"] == result["provenance"]["reference"]
+    images_only = compute_metrics(samples, reference=images[:500], feature_extractor=STAND_IN, kid_subset_size=100)
+    assert both["kid"] == images_only["kid"] and both["precision"] == images_only["precision"]
 
     np.savez(npz, mu=np.zeros(3), sigma=np.eye(3))
     with pytest.raises(ValueError, match="3-d statistics"):

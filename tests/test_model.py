@@ -29,7 +29,11 @@ def randomize(model: SDTDiT, seed: int = 0) -> SDTDiT:
 
 def inputs(batch=3, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 4, 8, 8, generator=generator), torch.tensor([0, 500, 999])[:batch], torch.tensor([1, 9, 10])[:batch]
+    return (
+        torch.randn(batch, 4, 8, 8, generator=generator),
+        torch.tensor([0, 500, 999])[:batch],
+        torch.tensor([1, 9, 10])[:batch],
+    )
 
 
 @pytest.mark.parametrize("preset,expected", DIT_PARAMS.items())
@@ -65,7 +69,15 @@ def test_sdt_at_initialisation_equals_fixed():
 
 def test_position_embedding_is_dit_sincos():
     emb = sincos_pos_embed_2d(8, 2)  # tokens (0,0), (0,1), (1,0), (1,1); omega = [1, 0.01]
-    col_half = lambda c: [torch.sin(torch.tensor(c * 1.0)), torch.sin(torch.tensor(c * 0.01)), torch.cos(torch.tensor(c * 1.0)), torch.cos(torch.tensor(c * 0.01))]
+
+    def col_half(c):
+        return [
+            torch.sin(torch.tensor(c * 1.0)),
+            torch.sin(torch.tensor(c * 0.01)),
+            torch.cos(torch.tensor(c * 1.0)),
+            torch.cos(torch.tensor(c * 0.01)),
+        ]
+
     expected = torch.tensor([[*col_half(c), *col_half(r)] for r in range(2) for c in range(2)])
     torch.testing.assert_close(emb, expected)
 
@@ -108,8 +120,15 @@ def test_auto_backend_choice():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_backend("auto", "vanilla", 1024, cpu) == resolve_backend("auto", "vanilla", 256, cuda) == "sdpa"
     assert resolve_backend("auto", "sdt", 256, cpu) == "sdpa" and resolve_backend("auto", "sdt", 1024, cpu) == "folded"
-    assert resolve_backend("auto", "learned-fixed", 64, cpu) == "sdpa" and resolve_backend("auto", "learned-fixed", 256, cpu) == "folded"
-    assert resolve_backend("auto", "fixed", 4096, cpu) == resolve_backend("auto", "sdt", 1024, cpu, training=False) == "sdpa"
+    assert (
+        resolve_backend("auto", "learned-fixed", 64, cpu) == "sdpa"
+        and resolve_backend("auto", "learned-fixed", 256, cpu) == "folded"
+    )
+    assert (
+        resolve_backend("auto", "fixed", 4096, cpu)
+        == resolve_backend("auto", "sdt", 1024, cpu, training=False)
+        == "sdpa"
+    )
     assert resolve_backend("auto", "sdt-decomposed", 4096, cpu) == "sdpa"
     assert resolve_backend("auto", "sdt", 256, cuda) == "flex"
     assert resolve_backend("math", "sdt", 256, cuda) == "math"
@@ -122,7 +141,9 @@ def test_bad_inputs_give_clear_errors():
         model(x[:, :3], t, y)
     with pytest.raises(ValueError, match=r"Expected input of shape"):
         model(torch.randn(3, 4, 16, 16), t, y)
-    with pytest.raises(ValueError, match=r"Class label 11 is out of range: this model accepts 0\.\.10 \(10 is the null class"):
+    with pytest.raises(
+        ValueError, match=r"Class label 11 is out of range: this model accepts 0\.\.10 \(10 is the null class"
+    ):
         model(x, t, torch.tensor([1, 11, 2]))
     with pytest.raises(ValueError, match="Class label -1"):
         model(x, t, torch.tensor([1, -1, 2]))

@@ -42,7 +42,10 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
         return max(1, int(deadline - time.monotonic()))
 
     client = nbclient.NotebookClient(
-        notebook, timeout_func=time_left, kernel_name="python3", allow_errors=False,
+        notebook,
+        timeout_func=time_left,
+        kernel_name="python3",
+        allow_errors=False,
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     )
     client.execute()  # raises CellExecutionError (with the cell's traceback) or CellTimeoutError
@@ -53,5 +56,11 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
         output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
     )
     assert "FID" in printed and "class accuracy" in printed
-    errors = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs if output.output_type == "error"]
+    errors = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "error"
+    ]
     assert not errors

@@ -11,6 +11,7 @@ from scipy.stats import norm
 from torch.distributions import Normal, kl_divergence
 
 from sdtgen.diffusion import DDPMObjective, FlowObjective, make_objective
+from sdtgen.diffusion.sampling import SAMPLERS, make_scheduler
 
 B, C, H, W = 4, 3, 4, 4
 
@@ -19,9 +20,11 @@ B, C, H, W = 4, 3, 4, 4
 def brute_schedule() -> dict[str, np.ndarray]:
     """The DDPM quantities from the textbook formulas, in float64 numpy."""
     # diffusers' float32 linear betas are the agreed schedule (checked separately below).
-    betas = DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02
-    ).betas.numpy().astype(np.float64)
+    betas = (
+        DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+        .betas.numpy()
+        .astype(np.float64)
+    )
     alpha_bar = np.cumprod(1.0 - betas)
     alpha_bar_prev = np.concatenate([[1.0], alpha_bar[:-1]])
     post_var = betas * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
@@ -60,22 +63,20 @@ def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def test_betas_match_diffusers(ddpm):
-    ref = DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02
-    ).betas
+    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02).betas
     assert ddpm.betas.dtype == torch.float64
     assert torch.equal(ddpm.betas.float(), ref)
     assert ddpm.betas[0].item() == pytest.approx(1e-4)
     assert ddpm.betas[-1].item() == pytest.approx(0.02)
+    for sampler in SAMPLERS["ddpm"]:  # every DDPM sampler runs the schedule the model was trained with
+        assert torch.equal(make_scheduler("ddpm", sampler, learn_sigma=True).betas, ref)
 
 
 def test_schedule_arrays_match_brute_force(ddpm):
     ref = brute_schedule()
     np.testing.assert_allclose(ddpm.alphas_cumprod.numpy(), ref["alpha_bar"], rtol=1e-12)
     np.testing.assert_allclose(ddpm.posterior_variance.numpy(), ref["post_var"], rtol=1e-12)
-    np.testing.assert_allclose(
-        ddpm.posterior_log_variance_clipped.numpy(), np.log(ref["post_var_clipped"]), rtol=1e-12
-    )
+    np.testing.assert_allclose(ddpm.posterior_log_variance_clipped.numpy(), np.log(ref["post_var_clipped"]), rtol=1e-12)
 
 
 def test_q_sample(ddpm, batch):
@@ -95,9 +96,7 @@ def test_posterior_mean_variance(ddpm, batch):
     # Bishop-style product of q(x_t|x_{t-1}) and q(x_{t-1}|x_0), solved for the Gaussian in x_{t-1}.
     precision = (1 - beta) / beta + 1 / (1 - a_bar_prev)
     expected_var = 1 / precision
-    expected_mean = expected_var * (
-        (1 - beta).sqrt() * x_t / beta + a_bar_prev.sqrt() * x0 / (1 - a_bar_prev)
-    )
+    expected_mean = expected_var * ((1 - beta).sqrt() * x_t / beta + a_bar_prev.sqrt() * x0 / (1 - a_bar_prev))
     mean, var, log_var = ddpm.q_posterior_mean_variance(x0, x_t, t)
     torch.testing.assert_close(mean, expected_mean, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(var.expand_as(x0), expected_var.expand_as(x0), rtol=1e-10, atol=0)
@@ -110,9 +109,7 @@ def test_vb_kl_matches_torch_distributions(ddpm, batch):
     g = torch.Generator().manual_seed(1)
     eps_hat = noise + 0.3 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
     v = torch.rand(x0.shape, generator=g, dtype=torch.float64) * 2 - 1
-    losses = ddpm.training_losses(
-        fixed_model(torch.cat([eps_hat, v], 1)), x0, labels, noise=noise, t=t
-    )
+    losses = ddpm.training_losses(fixed_model(torch.cat([eps_hat, v], 1)), x0, labels, noise=noise, t=t)
 
     ref = brute_schedule()
     beta, a_bar, coef1, coef2, post_var = (
@@ -141,9 +138,7 @@ def test_vb_decoder_nll_at_t0_matches_scipy(ddpm):
     eps_hat = noise + 0.01 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
     v = torch.rand(x0.shape, generator=g, dtype=torch.float64) * 2 - 1
     t = torch.zeros(B, dtype=torch.long)
-    losses = ddpm.training_losses(
-        fixed_model(torch.cat([eps_hat, v], 1)), x0, torch.arange(B), noise=noise, t=t
-    )
+    losses = ddpm.training_losses(fixed_model(torch.cat([eps_hat, v], 1)), x0, torch.arange(B), noise=noise, t=t)
 
     ref = brute_schedule()
     beta, a_bar = ref["betas"][0], ref["alpha_bar"][0]
@@ -217,8 +212,7 @@ def test_seeded_generator_is_reproducible(ddpm, batch):
     out = torch.randn(B, 2 * C, H, W, dtype=torch.float64)
     for objective, model in ((ddpm, fixed_model(out)), (FlowObjective(), fixed_model(x0))):
         first, again, other = (
-            objective.training_losses(model, x0, labels, generator=torch.Generator().manual_seed(s))
-            for s in (7, 7, 8)
+            objective.training_losses(model, x0, labels, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)
         )
         assert torch.equal(first["loss"], again["loss"])
         assert not torch.equal(first["loss"], other["loss"])
@@ -268,8 +262,6 @@ def test_flow_uniform_times():
 
 
 def test_flow_rejects_bad_configuration(batch):
-    with pytest.raises(ValueError, match="learn_sigma"):
-        FlowObjective(learn_sigma=True)
     with pytest.raises(ValueError, match="unknown time_sampling"):
         FlowObjective(time_sampling="cosine")
     x0, _, labels = batch

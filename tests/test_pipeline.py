@@ -9,10 +9,11 @@ from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
 
 from sdtgen import SDTPipeline
 from sdtgen.cli import main
+from sdtgen.config import SampleConfig
 from sdtgen.convert import convert_diffusers_dit
-from sdtgen.diffusion.sampling import make_scheduler, sample_generators
-from sdtgen.loading import find_source, load_pipeline
-
+from sdtgen.diffusion.sampling import DEFAULT_GUIDANCE, Guidance, default_guidance, make_scheduler, sample_generators
+from sdtgen.runs import find_source, load_pipeline
+from sdtgen.vae import load_vae
 from tiny_runs import random_model, write_run
 
 
@@ -30,23 +31,38 @@ def test_save_and_load_round_trip(run, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
     assert index["_class_name"] == "SDTPipeline" and index["id2label"]["4"] == "dog"
-    assert index["transformer"] == ["sdtgen.models.dit", "SDTDiT"] and index["scheduler"][1] == "FlowMatchEulerDiscreteScheduler"
+    assert (
+        index["transformer"] == ["sdtgen.models.dit", "SDTDiT"]
+        and index["scheduler"][1] == "FlowMatchEulerDiscreteScheduler"
+    )
     loaded = SDTPipeline.from_pretrained(tmp_path / "pipe")
-    assert loaded.objective == "flow" and loaded.class_names == pipe.class_names and loaded.get_label_ids(["dog", 7]) == [4, 7]
+    assert (
+        loaded.objective == "flow"
+        and loaded.class_names == pipe.class_names
+        and loaded.get_label_ids(["dog", 7]) == [4, 7]
+    )
     kwargs = dict(class_labels=["dog", 3], num_inference_steps=3, guidance_scale=2.0, output_type="np")
     before, after = pipe(generator=generators(2), **kwargs).images, loaded(generator=generators(2), **kwargs).images
     assert before.shape == (2, 32, 32, 1) and np.array_equal(before, after)
     loaded.use_sampler("heun")
     pil = loaded(class_labels=[4], num_inference_steps=2, generator=torch.manual_seed(0)).images
-    assert pil[0].size == (32, 32) and pil[0].mode == "L" and loaded.scheduler.__class__.__name__ == "FlowMatchHeunDiscreteScheduler"
+    assert (
+        pil[0].size == (32, 32)
+        and pil[0].mode == "L"
+        and loaded.scheduler.__class__.__name__ == "FlowMatchHeunDiscreteScheduler"
+    )
 
 
 def test_pixel_space_pipeline_has_no_vae(tmp_path):
-    pipe = SDTPipeline(random_model("ddpm", in_channels=1, input_size=32), make_scheduler("ddpm", "ddpm", learn_sigma=True))
+    pipe = SDTPipeline(
+        random_model("ddpm", in_channels=1, input_size=32), make_scheduler("ddpm", "ddpm", learn_sigma=True)
+    )
     pipe.save_pretrained(tmp_path / "pixels")
     loaded = SDTPipeline.from_pretrained(tmp_path / "pixels")
     assert loaded.vae is None and loaded.class_names is None
-    images = loaded(class_labels=[0, 9], num_inference_steps=2, guidance_scale=1.5, generator=generators(2), output_type="pt").images
+    images = loaded(
+        class_labels=[0, 9], num_inference_steps=2, guidance_scale=1.5, generator=generators(2), output_type="pt"
+    ).images
     assert images.shape == (2, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
 
 
@@ -56,7 +72,32 @@ def test_export_writes_a_pipeline_that_samples_like_the_run(run, tmp_path, capsy
     exported = SDTPipeline.from_pretrained(tmp_path / "pipe")
     direct = load_pipeline(find_source(run), sampler="heun")
     kwargs = dict(class_labels=[1, 2], num_inference_steps=2, output_type="np")
-    assert np.array_equal(exported(generator=generators(2), **kwargs).images, direct(generator=generators(2), **kwargs).images)
+    assert np.array_equal(
+        exported(generator=generators(2), **kwargs).images, direct(generator=generators(2), **kwargs).images
+    )
+
+
+def test_default_guidance_is_defined_once(run):
+    """The pipeline, Guidance and the training config share DEFAULT_GUIDANCE; a model without a null class is unguided."""
+    assert Guidance().scale == SampleConfig().cfg == DEFAULT_GUIDANCE
+    pipe = load_pipeline(find_source(run))
+    kwargs = dict(class_labels=[1, 2], num_inference_steps=2, output_type="pt")
+    default = pipe(generator=generators(2), **kwargs).images
+    assert torch.equal(default, pipe(generator=generators(2), guidance_scale=DEFAULT_GUIDANCE, **kwargs).images)
+    assert not torch.equal(default, pipe(generator=generators(2), guidance_scale=1.0, **kwargs).images)
+    unguided = SDTPipeline(random_model("flow", class_dropout_prob=0.0), pipe.scheduler, pipe.vae)
+    assert default_guidance(unguided.transformer.config, preferred=3.0) == 1.0
+    assert torch.equal(
+        unguided(generator=generators(2), **kwargs).images,
+        unguided(generator=generators(2), guidance_scale=1.0, **kwargs).images,
+    )
+
+
+def test_from_model_refuses_a_vae_scaled_unlike_its_config():
+    vae = load_vae("builtin")
+    SDTPipeline.from_model(random_model("flow"), vae, objective="flow")
+    with pytest.raises(ValueError, match="its config"):
+        SDTPipeline.from_model(random_model("flow"), load_vae("builtin", scale=vae.scale * 2), objective="flow")
 
 
 def test_bad_pipeline_arguments_are_clear(run):
@@ -75,8 +116,16 @@ def test_bad_pipeline_arguments_are_clear(run):
 def tiny_dit() -> DiTTransformer2DModel:
     """A 2-block diffusers DiT over 1,000 classes (DiTPipeline's null class is 1000), every weight random."""
     torch.manual_seed(0)
-    model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
-                                  sample_size=8, patch_size=2, num_embeds_ada_norm=1000)
+    model = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=1000,
+    )
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.1)
@@ -88,8 +137,15 @@ def tiny_dit() -> DiTTransformer2DModel:
 
 def tiny_vae() -> AutoencoderKL:
     torch.manual_seed(1)
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), norm_num_groups=8,
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2).eval()
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    ).eval()
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm++"])

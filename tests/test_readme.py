@@ -20,24 +20,33 @@ These tests are slow-marked (about 3 minutes together); `pytest -m "not slow"` s
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
-import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from stand_ins import cache_hub_vae, original_state_dict, stand_in_inception_weights, tiny_diffusers_dit
-from tiny_runs import REPO, main_job_run, random_model, write_run
-
-README = REPO / "README.md"
-COMMAND_PREFIXES = ("sdtgen ", "accelerate ", "python ", "python3 ")
+from doc_commands import (
+    EIGHT_GPUS,
+    README,
+    built_in_run,
+    free_port,
+    link_repo_folders,
+    markdown_commands,
+    run,
+    scratch_env,
+    shell_command,
+)
+from stand_ins import (
+    cache_hub_vae,
+    original_state_dict,
+    stand_in_imagenet,
+    stand_in_inception_weights,
+    tiny_diffusers_dit,
+)
+from tiny_runs import REPO, main_job_run
 
 MAIN_JOB = "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && accelerate launch scripts/train_gen.py"
 TEST_COMMAND = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && pytest'
@@ -56,7 +65,6 @@ AS_WRITTEN = (
 
 SHORT_TRAINING = " train.max_steps=2 train.global_batch_size=8 train.checkpoint_every=2 train.final_eval=false sample.per_class=1 sample.steps=2"
 IMAGENET_TRAINING = " model.preset=T/2 model.depth=1 model.hidden_size=64 model.num_heads=2 train.max_steps=2 train.global_batch_size=4 train.checkpoint_every=2 sample.steps=2 sample.per_class=1"
-EIGHT_GPUS = ("--num_processes 8", "--num_processes 2")  # two CPU processes (gloo) stand in for 8 GPUs
 
 # command -> the replacements it runs with, (README text, what runs instead), applied in order.
 STAND_INS = {
@@ -67,15 +75,16 @@ STAND_INS = {
     # ImageNet: a class-per-folder stand-in with ImageNet's 1,000 classes, one small image each;
     # sd-vae-ft-ema: a tiny random VAE in a Hugging Face cache under that exact hub id.
     "sdtgen extract-latents --data /data/imagenet/train --image-size 256 --vae stabilityai/sd-vae-ft-ema "
-    "--out cache/imagenet256-sd-vae-ft-ema": (
-        ("/data/imagenet/train", "{imagenet}"),
-    ),
+    "--out cache/imagenet256-sd-vae-ft-ema": (("/data/imagenet/train", "{imagenet}"),),
     "python -c \"from diffusers import AutoencoderKL; AutoencoderKL.from_pretrained('stabilityai/sd-vae-ft-ema')"
     ".save_pretrained('sd-vae-ft-ema')\"": (),  # from the stand-in cache
     # XL/2 with its AdamW state needs 11 GB a process: a 1-block T/2 (256 tokens, 1000 classes) trains 2 steps.
     "accelerate launch --multi_gpu --num_processes 8 scripts/train_gen.py --config configs/imagenet256_sdt_xl2.yaml": (
         EIGHT_GPUS,
-        ("configs/imagenet256_sdt_xl2.yaml", "configs/imagenet256_sdt_xl2.yaml data.dataset={imagenet}" + IMAGENET_TRAINING),
+        (
+            "configs/imagenet256_sdt_xl2.yaml",
+            "configs/imagenet256_sdt_xl2.yaml data.dataset={imagenet}" + IMAGENET_TRAINING,
+        ),
     ),
     # Two "nodes" on this machine, one process each, resuming the run above for 2 more steps.
     "accelerate launch --multi_gpu --num_machines 4 --machine_rank 0 --main_process_ip 10.0.0.1 --main_process_port 29500 "
@@ -85,8 +94,12 @@ STAND_INS = {
         ("10.0.0.1", "127.0.0.1"),
         ("--main_process_port 29500", "--main_process_port {port}"),
         ("--num_processes 32", "--num_processes 2"),
-        ("configs/imagenet256_sdt_xl2.yaml", "configs/imagenet256_sdt_xl2.yaml data.dataset={imagenet}" + IMAGENET_TRAINING
-         + " train.max_steps=4 train.resume=latest"),
+        (
+            "configs/imagenet256_sdt_xl2.yaml",
+            "configs/imagenet256_sdt_xl2.yaml data.dataset={imagenet}"
+            + IMAGENET_TRAINING
+            + " train.max_steps=4 train.resume=latest",
+        ),
     ),
     "sdtgen sample --ckpt runs/imagenet256_sdt_xl2 --class 207 --cfg 4.0 --sampler dpm++ --steps 25 --seed 1 --out samples/": (),
     # FID-50K: 8 samples; the ADM reference batch and the Inception weights are stand-in files.
@@ -105,79 +118,11 @@ STAND_INS = {
 }
 
 
-# ------------------------------------------------------------------ reading the README
-
-
-def readme_commands(text: str) -> list[str]:
-    """The README's commands, one string each: shell lines joined at `\\`, comments dropped,
-    whitespace collapsed; Python blocks as "python:" + their first line."""
-    commands: list[str] = []
-    for language, body in re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M):
-        if language == "bash":
-            for line in body.replace("\\\n", " ").splitlines():
-                line = " ".join(re.sub(r"(^|\s)#.*$", "", line).split())
-                if line:
-                    commands.append(line)
-        elif language == "python":
-            commands.append("python:" + body.splitlines()[0])
-    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
-    for span in re.findall(r"`([^`\n]+)`", prose):
-        # "..." marks a fragment; a bare name such as `sdtgen eval` is not a command line either.
-        if span.startswith(COMMAND_PREFIXES) and "..." not in span and len(span.split()) >= 3:
-            commands.append(" ".join(span.split()))
-    return list(dict.fromkeys(commands))
-
-
-def python_block(text: str, first_line: str) -> str:
-    for body in re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M):
-        if body.splitlines()[0] == first_line:
-            return body
-    raise AssertionError(f"README has no Python block starting {first_line!r}")
-
-
-def shell_command(command: str, replacements=(), **values) -> str:
-    """`command` from the README as it runs here: the replacements applied, {names} filled in."""
-    is_python_block = command.startswith("python:")
-    text = python_block(README.read_text(), command[len("python:"):]) if is_python_block else command
-    for old, new in replacements:
-        assert old in text, f"the stand-in for {old!r} no longer matches the README's {command!r}"
-        text = text.replace(old, new.format(**values))
-    return f"{shlex.quote(sys.executable)} -c {shlex.quote(text)}" if is_python_block else text
-
-
-def run(command: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"README command failed ({result.returncode}): {command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-def scratch_env(tmp: Path) -> dict:
-    """This interpreter's tools first on PATH, no network, caches inside the scratch folder."""
-    env = dict(os.environ)
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
-               HF_HOME=str(tmp / "hf"), TORCH_HOME=str(tmp / "torch"), SDTGEN_CACHE_DIR=str(tmp / "sdtgen-cache"),
-               ACCELERATE_USE_CPU="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-def link_repo_folders(cwd: Path, *names: str) -> None:
-    """The README's commands run from the repository root; link the folders they read."""
-    for name in names:
-        (REPO / name).mkdir(exist_ok=True)
-        (cwd / name).symlink_to(REPO / name, target_is_directory=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # ------------------------------------------------------------------ the plans cover the README
 
 
 def test_every_readme_command_has_exactly_one_plan():
-    commands = readme_commands(README.read_text())
+    commands = markdown_commands(README.read_text())
     plans = [*CI, *AS_WRITTEN, *STAND_INS]
     assert len(plans) == len(set(plans)), "a command has two plans"
     missing = [c for c in commands if c not in plans]
@@ -194,7 +139,7 @@ def test_ci_runs_the_set_up_commands_verbatim():
 
 def test_reader_joins_lines_and_skips_fragments():
     text = "x `sdtgen a --b` and `accelerate launch ...` and `sdtgen eval` and `--flag`\n```bash\nsdtgen c \\\n    --d 1   # note\n# only a comment\n```\n"
-    assert readme_commands(text) == ["sdtgen c --d 1", "sdtgen a --b"]
+    assert markdown_commands(text) == ["sdtgen c --d 1", "sdtgen a --b"]
 
 
 # ------------------------------------------------------------------ the built-in run
@@ -211,7 +156,9 @@ def test_main_job_leaves_what_the_readme_says():
         entries = re.split(r",\s*", line.strip().split("  ")[0])  # "a, b, c   what they are"
         for entry in filter(None, entries):
             pattern = entry.rstrip("/").replace("<step>", "*")
-            assert list(run_dir.glob(pattern)) or list(checkpoint.glob(pattern)), f"README lists {entry}; the main job left none"
+            assert list(run_dir.glob(pattern)) or list(checkpoint.glob(pattern)), (
+                f"README lists {entry}; the main job left none"
+            )
     keys = re.search(r"log\.jsonl\s+one JSON line per logged step: (.*)", tree).group(1)
     record = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])
     assert set(keys.replace(" ", "").split(",")) <= set(record), f"README's log.jsonl keys vs {sorted(record)}"
@@ -224,10 +171,7 @@ def test_main_job_leaves_what_the_readme_says():
 def test_built_in_commands_run_as_written(tmp_path):
     cwd = tmp_path / "work"
     (cwd / "runs").mkdir(parents=True)
-    built_in = main_job_run()
-    if built_in is None:  # a tiny random model in the run layout; the commands do not care how good it is
-        built_in = write_run(tmp_path / "tiny-run", random_model("flow", input_size=16), objective="flow")
-    (cwd / "runs" / "animals-sdt").symlink_to(built_in, target_is_directory=True)
+    (cwd / "runs" / "animals-sdt").symlink_to(built_in_run(tmp_path), target_is_directory=True)
     link_repo_folders(cwd, "scripts", "configs", "cache")
     env = scratch_env(tmp_path)
 
@@ -247,19 +191,10 @@ def test_built_in_commands_run_as_written(tmp_path):
     override_example = next(c for c in STAND_INS if c.endswith("output_dir=runs/animals-dit"))
     run(shell_command(override_example, STAND_INS[override_example]), cwd, env)
     config = (cwd / "runs" / "animals-dit" / "config.yaml").read_text()
-    assert "attention: vanilla" in config and (cwd / "runs" / "animals-dit" / "checkpoints" / "checkpoint-2" / "model").is_dir()
-
-
-def stand_in_imagenet(root: Path) -> Path:
-    """ImageNet's train/ layout: 1,000 class folders (wnid-like names), one small JPEG each."""
-    generator = np.random.default_rng(0)
-    for index in range(1000):
-        folder = root / f"n{index:08d}"
-        folder.mkdir(parents=True)
-        height, width = generator.integers(40, 72, size=2)
-        pixels = generator.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"n{index:08d}_{index}.JPEG", quality=85)
-    return root
+    assert (
+        "attention: vanilla" in config
+        and (cwd / "runs" / "animals-dit" / "checkpoints" / "checkpoint-2" / "model").is_dir()
+    )
 
 
 @pytest.mark.slow
@@ -279,8 +214,14 @@ def test_imagenet_recipe_runs_with_stand_ins(tmp_path):
         return run(shell_command(command, STAND_INS[command], imagenet=imagenet, **values), cwd, env)
 
     extract, save_vae = readme("sdtgen extract-latents"), readme("python -c")
-    train, multi_node = readme("accelerate launch --multi_gpu --num_processes 8 scripts"), readme("accelerate launch --multi_gpu --num_machines")
-    sample, evaluate = readme("sdtgen sample --ckpt runs/imagenet256"), readme("accelerate launch --multi_gpu --num_processes 8 -m sdtgen.cli eval")
+    train, multi_node = (
+        readme("accelerate launch --multi_gpu --num_processes 8 scripts"),
+        readme("accelerate launch --multi_gpu --num_machines"),
+    )
+    sample, evaluate = (
+        readme("sdtgen sample --ckpt runs/imagenet256"),
+        readme("accelerate launch --multi_gpu --num_processes 8 -m sdtgen.cli eval"),
+    )
     run_readme(extract)
     manifest = json.loads((cwd / "cache" / "imagenet256-sd-vae-ft-ema" / "manifest.json").read_text())
     assert manifest["num_samples"] == 1000 and manifest["latent_shape"] == [4, 32, 32] and manifest["complete"]
@@ -293,8 +234,17 @@ def test_imagenet_recipe_runs_with_stand_ins(tmp_path):
     assert state["num_processes"] == 2 and state["config"]["data"]["vae"] == "stabilityai/sd-vae-ft-ema"
 
     port = free_port()
-    nodes = [subprocess.Popen(["bash", "-c", shell_command(multi_node, STAND_INS[multi_node], imagenet=imagenet, rank=rank, port=port)],
-                              cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (1, 0)]
+    nodes = [
+        subprocess.Popen(
+            ["bash", "-c", shell_command(multi_node, STAND_INS[multi_node], imagenet=imagenet, rank=rank, port=port)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (1, 0)
+    ]
     for node in nodes:
         log, _ = node.communicate(timeout=600)
         assert node.returncode == 0, log[-3000:]
@@ -304,15 +254,24 @@ def test_imagenet_recipe_runs_with_stand_ins(tmp_path):
     run_readme(sample)
     assert len(list((cwd / "samples").glob("207-golden_retriever-*.png"))) == 4  # --num defaults to 4
 
-    np.savez(cwd / "VIRTUAL_imagenet256_labeled.npz", arr_0=np.random.default_rng(1).integers(0, 256, (16, 256, 256, 3), dtype=np.uint8),
-             mu=np.zeros(2048), sigma=np.eye(2048))
+    np.savez(
+        cwd / "VIRTUAL_imagenet256_labeled.npz",
+        arr_0=np.random.default_rng(1).integers(0, 256, (16, 256, 256, 3), dtype=np.uint8),
+        mu=np.zeros(2048),
+        sigma=np.eye(2048),
+    )
     stand_in_inception_weights(cwd / "weights-inception-2015-12-05-6726825d.pth")
     run_readme(evaluate)
     metrics = json.loads((cwd / "eval" / "imagenet256_sdt_xl2" / "metrics.json").read_text())
     provenance = metrics["provenance"]
     assert all(np.isfinite(metrics[key]) for key in ("fid", "is", "kid", "precision", "recall"))
     assert provenance["feature_extractor"] == "inception-v3-compat"
-    assert (provenance["num_samples"], provenance["labels"], provenance["steps"], provenance["cfg"]) == (8, "uniform", 250, 1.5)
+    assert (provenance["num_samples"], provenance["labels"], provenance["steps"], provenance["cfg"]) == (
+        8,
+        "uniform",
+        250,
+        1.5,
+    )
     assert provenance["num_processes"] == 2
 
 
@@ -327,6 +286,8 @@ def test_conversion_and_model_commands_run_with_stand_in_weights(tmp_path):
         run(shell_command(command), cwd, env)
         out = cwd / command.split("--out ")[1]
         config = json.loads((out / "config.json").read_text())
-        assert config["num_classes"] == 1000 and config["attention"] == ("sdt" if "--attention sdt" in command else "vanilla")
+        assert config["num_classes"] == 1000 and config["attention"] == (
+            "sdt" if "--attention sdt" in command else "vanilla"
+        )
     run(shell_command("python:import torch", STAND_INS["python:import torch"]), cwd, env)
     assert (cwd / "my-model" / "config.json").is_file()

@@ -12,15 +12,24 @@ import pytest
 import torch
 from PIL import Image
 
+import test_training
 from sdtgen.class_names import display_names, resolve_class
 from sdtgen.cli import build_parser, main
-from sdtgen.diffusion.sampling import Guidance, denoise, guided_prediction, make_scheduler, sample_generators, sample_seed
-from sdtgen.loading import find_source, load_pipeline
-from sdtgen.sampling_cli import SamplePlan
-from sdtgen.training.config import load_config
+from sdtgen.cli.sample import SamplePlan
+from sdtgen.config import load_config
+from sdtgen.diffusion.sampling import (
+    Guidance,
+    denoise,
+    guided_prediction,
+    make_scheduler,
+    sample_generators,
+    sample_seed,
+)
+from sdtgen.generation import generate, to_uint8
+from sdtgen.pipeline import SDTPipeline
+from sdtgen.runs import find_source, load_pipeline
 from sdtgen.training.trainer import train
-
-import test_training
+from sdtgen.vae import load_vae
 from tiny_runs import random_model, write_run
 
 
@@ -45,9 +54,17 @@ def sample(ckpt, out, *args: str) -> dict[str, bytes]:
 
 def test_outputs_are_named_by_class_and_index(ddpm_run, tmp_path):
     files = sample(ddpm_run, tmp_path, "--class", "dog", "--class", "1", "--num", "2")
-    assert sorted(files) == ["1-bird-000.png", "1-bird-001.png", "4-dog-000.png", "4-dog-001.png", "grid.png", "settings.json"]
+    assert sorted(files) == [
+        "1-bird-000.png",
+        "1-bird-001.png",
+        "4-dog-000.png",
+        "4-dog-001.png",
+        "grid.png",
+        "settings.json",
+    ]
     settings = json.loads(files["settings.json"])
-    assert settings["steps"] == 3 and settings["cfg"] == 2.0 and settings["scheduler"] == "DDIMScheduler"  # the run's sample config
+    # The run's sample config.
+    assert settings["steps"] == 3 and settings["cfg"] == 2.0 and settings["scheduler"] == "DDIMScheduler"
     assert settings["classes"] == [4, 1] and settings["vae"] == "builtin"
 
 
@@ -56,7 +73,9 @@ def assert_same_outputs(a: dict[str, bytes], b: dict[str, bytes]) -> None:
     the same settings but for the number of processes."""
     assert a.keys() == b.keys()
     if "settings.json" in a:
-        settings = [{k: v for k, v in json.loads(files["settings.json"]).items() if k != "num_processes"} for files in (a, b)]
+        settings = [
+            {k: v for k, v in json.loads(files["settings.json"]).items() if k != "num_processes"} for files in (a, b)
+        ]
         assert settings[0] == settings[1]
     for name in (name for name in a if name.endswith(".png")):
         pixels = [np.asarray(Image.open(io.BytesIO(files[name])), dtype=np.int16) for files in (a, b)]
@@ -72,18 +91,62 @@ def test_batch_size_does_not_change_any_image(ddpm_run, tmp_path):
 
 def test_sample_i_depends_only_on_seed_and_i(ddpm_run):
     """Disjoint index ranges (as processes take them) give the images of the whole request."""
-    args = build_parser().parse_args(["sample", "--ckpt", str(ddpm_run), "--num", "3", "--class", "2", "--class", "5", "--seed", "7"])
+    args = build_parser().parse_args(
+        ["sample", "--ckpt", str(ddpm_run), "--num", "3", "--class", "2", "--class", "5", "--seed", "7"]
+    )
     plan = SamplePlan.from_args(args, find_source(ddpm_run))
     pipe = load_pipeline(plan.source, sampler="ddpm")
     whole = plan.sample(pipe, range(6), out=None)
     parts = torch.cat([plan.sample(pipe, [4, 5], out=None), plan.sample(pipe, [0, 1, 2, 3], out=None)])
     torch.testing.assert_close(parts[[2, 3, 4, 5, 0, 1]], whole, rtol=0, atol=1e-5)
     # Sample i is the pipeline's image for one generator seeded with sample_seed(seed, i).
-    alone = pipe(class_labels=[5], generator=torch.Generator().manual_seed(sample_seed(7, 4)), num_inference_steps=3,
-                 guidance_scale=2.0, output_type="pt").images
+    alone = pipe(
+        class_labels=[5],
+        generator=torch.Generator().manual_seed(sample_seed(7, 4)),
+        num_inference_steps=3,
+        guidance_scale=2.0,
+        output_type="pt",
+    ).images
     torch.testing.assert_close(alone[0], whole[4], rtol=0, atol=1e-5)
     assert sample_seed(7, 4) == 7 * 1_000_003 + 4
     assert (whole[3] - whole[4]).abs().max() > 0.01  # same class, other seed: another image
+
+
+def test_generate_gives_sample_i_the_same_image_in_any_batch():
+    """Whatever the batch size and whichever other indices share its batch (a stochastic sampler included)."""
+    model = random_model("ddpm")
+    pipe = SDTPipeline.from_model(model, load_vae("builtin"), objective="ddpm", sampler="ddpm")
+    labels = [3, 3, 7, 1, 0, 7]
+    request = dict(seed=7, steps=3, guidance=Guidance(2.0), output_type="pt")
+    whole = generate(pipe, labels, range(6), batch_size=6, **request)
+    batches: list[list[int]] = []
+    mixed = generate(
+        pipe,
+        labels,
+        [4, 1, 5, 0, 3, 2],
+        batch_size=4,
+        on_batch=lambda indices, images: batches.append(indices),
+        **request,
+    )
+    singles = generate(pipe, labels, [2, 0], batch_size=1, **request)
+    assert batches == [[4, 1, 5, 0], [3, 2]] and mixed.shape == whole.shape == (6, 1, 32, 32)
+    torch.testing.assert_close(mixed, whole[[4, 1, 5, 0, 3, 2]], rtol=0, atol=1e-5)
+    torch.testing.assert_close(singles, whole[[2, 0]], rtol=0, atol=1e-5)
+    assert (whole[0] - whole[1]).abs().max() > 0.01  # same class, other seed: another image
+    uint8 = generate(pipe, labels, range(6), batch_size=6, seed=7, steps=3, guidance=Guidance(2.0))
+    assert uint8.dtype == torch.uint8 and torch.equal(uint8, to_uint8(whole))
+    latents = generate(pipe, labels, [5], batch_size=1, seed=7, steps=3, guidance=Guidance(2.0), output_type="latent")
+    torch.testing.assert_close(((pipe.latent_vae().decode(latents) + 1) / 2)[0], whole[5], rtol=0, atol=1e-5)
+
+
+def test_generate_refuses_non_finite_samples():
+    model = random_model("flow")
+    with torch.no_grad():
+        model.final_layer.linear.bias.fill_(float("nan"))
+    pipe = SDTPipeline.from_model(model, load_vae("builtin"), objective="flow")
+    with pytest.raises(RuntimeError, match="Samples 2..3 came out non-finite") as error:
+        generate(pipe, [0, 1, 2, 3], [2, 3], seed=0, batch_size=2, steps=1)
+    assert "--" not in str(error.value)  # the library names no command-line option
 
 
 def fixed_predictions(cond: torch.Tensor, uncond: torch.Tensor):
@@ -94,7 +157,8 @@ def fixed_predictions(cond: torch.Tensor, uncond: torch.Tensor):
 def test_cfg_channels_guide_only_the_first_n_channels():
     g = torch.Generator().manual_seed(0)
     cond, uncond = torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 8, 4, 4, generator=g)
-    model, x, t, y = fixed_predictions(cond, uncond), torch.zeros(2, 4, 4, 4), torch.tensor([5, 5]), torch.tensor([1, 2])
+    model, x = fixed_predictions(cond, uncond), torch.zeros(2, 4, 4, 4)
+    t, y = torch.tensor([5, 5]), torch.tensor([1, 2])
     every = guided_prediction(model, x, t, y, 4.0, 10, None)
     three = guided_prediction(model, x, t, y, 4.0, 10, 3)
     guided = uncond + 4.0 * (cond - uncond)
@@ -113,7 +177,9 @@ def test_guidance_interval_guides_exactly_the_steps_inside_it():
     def run(**guidance) -> torch.Tensor:
         batches.clear()
         scheduler = make_scheduler("ddpm", "ddim", learn_sigma=True)
-        return denoise(model, scheduler, labels, steps=10, guidance=Guidance(**guidance), generator=sample_generators(0, [0, 1]))
+        return denoise(
+            model, scheduler, labels, steps=10, guidance=Guidance(**guidance), generator=sample_generators(0, [0, 1])
+        )
 
     partial = run(scale=3.0, interval=(0.35, 0.75))
     timesteps = make_scheduler("ddpm", "ddim", True)
@@ -130,8 +196,10 @@ def test_every_ckpt_kind_gives_the_same_images(ddpm_run, tmp_path):
     shutil.copytree(ddpm_run / "checkpoints" / "checkpoint-2" / "model", bare)
     assert main(["export", "--ckpt", str(ddpm_run), "--out", str(tmp_path / "pipe")]) == 0
     folders = {
-        "run": ddpm_run, "checkpoint": ddpm_run / "checkpoints" / "checkpoint-2",
-        "model": ddpm_run / "checkpoints" / "checkpoint-2" / "model", "pipeline": tmp_path / "pipe",
+        "run": ddpm_run,
+        "checkpoint": ddpm_run / "checkpoints" / "checkpoint-2",
+        "model": ddpm_run / "checkpoints" / "checkpoint-2" / "model",
+        "pipeline": tmp_path / "pipe",
     }
     request = ["--class", "2", "--num", "2", "--steps", "3", "--cfg", "2"]
     grids = {kind: sample(folder, tmp_path / kind, *request)["grid.png"] for kind, folder in folders.items()}
@@ -146,7 +214,8 @@ def test_flow_run_in_pixel_space(flow_run, tmp_path, capsys):
     files = sample(flow_run, tmp_path, "--class", "zebra", "--num", "2", "--sampler", "heun", "--steps", "2")
     assert "9-zebra-001.png" in files
     settings = json.loads(files["settings.json"])
-    assert settings["scheduler"] == "FlowMatchHeunDiscreteScheduler" and settings["cfg"] == 1.0  # no null class: no guidance
+    # No null class: no guidance.
+    assert settings["scheduler"] == "FlowMatchHeunDiscreteScheduler" and settings["cfg"] == 1.0
 
 
 def test_list_classes(ddpm_run, tmp_path, capsys):
@@ -174,7 +243,9 @@ def test_class_names_resolve():
 def bad_inputs(ddpm_run, flow_run, tmp_path) -> dict[str, tuple[list[str], str]]:
     corrupt = tmp_path / "corrupt"
     shutil.copytree(ddpm_run, corrupt)
-    (corrupt / "checkpoints" / "checkpoint-2" / "model" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    (corrupt / "checkpoints" / "checkpoint-2" / "model" / "diffusion_pytorch_model.safetensors").write_bytes(
+        b"not a safetensors file"
+    )
     broken_config = tmp_path / "broken-config"
     shutil.copytree(ddpm_run / "checkpoints" / "checkpoint-2" / "model", broken_config)
     (broken_config / "config.json").write_text("{ truncated")
@@ -195,18 +266,37 @@ def bad_inputs(ddpm_run, flow_run, tmp_path) -> dict[str, tuple[list[str], str]]
         "guidance without null class": (["--ckpt", str(flow_run), "--cfg", "2"], "without label dropout"),
         "cfg channels": ([*run, "--cfg-channels", "5"], "1..4"),
         "cfg interval": ([*run, "--cfg-interval", "0.8", "0.2"], "LOW <= HIGH"),
-        "sampler of another objective": (["--ckpt", str(flow_run), "--sampler", "ddim"], "does not fit objective 'flow'"),
+        "sampler of another objective": (
+            ["--ckpt", str(flow_run), "--sampler", "ddim"],
+            "does not fit objective 'flow'",
+        ),
         "no samples": ([*run, "--num", "0"], "--num must be at least 1"),
         "1000 classes, none chosen": (["--ckpt", str(tmp_path / "imagenet")], "choose some with --class"),
         "bad device": ([*run, "--device", "gpu0"], "is not a device"),
     }
 
 
-@pytest.mark.parametrize("case", [
-    "class out of range", "unknown name", "missing ckpt", "corrupt weights", "corrupt config", "not a model folder",
-    "bare model, no vae", "steps < 1", "negative guidance", "guidance without null class", "cfg channels", "cfg interval",
-    "sampler of another objective", "no samples", "1000 classes, none chosen", "bad device",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "class out of range",
+        "unknown name",
+        "missing ckpt",
+        "corrupt weights",
+        "corrupt config",
+        "not a model folder",
+        "bare model, no vae",
+        "steps < 1",
+        "negative guidance",
+        "guidance without null class",
+        "cfg channels",
+        "cfg interval",
+        "sampler of another objective",
+        "no samples",
+        "1000 classes, none chosen",
+        "bad device",
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(ddpm_run, flow_run, tmp_path, capsys, case):
     argv, expected = bad_inputs(ddpm_run, flow_run, tmp_path)[case]
     with pytest.raises(SystemExit) as exit_info:
@@ -229,21 +319,59 @@ def test_default_ckpt_is_the_builtin_run(ddpm_run, tmp_path, monkeypatch, capsys
 
 def test_sample_redraws_the_trainers_grid(tmp_path):
     """A really trained run: same seed rule, same defaults (the run's sample config), same decoding."""
-    run = train(load_config(None, [f"output_dir={tmp_path / 'run'}", *test_training.TINY, "train.max_steps=2", "sample.cfg=1.5"]))
+    run = train(
+        load_config(
+            None, [f"output_dir={tmp_path / 'run'}", *test_training.TINY, "train.max_steps=2", "sample.cfg=1.5"]
+        )
+    )
     ours = sample(run, tmp_path / "out", "--num", "1")["grid.png"]
     assert_same_outputs({"grid.png": (run / "samples" / "grid-0000002.png").read_bytes()}, {"grid.png": ours})
 
 
 @pytest.mark.slow
 def test_two_processes_write_the_images_of_one(ddpm_run, tmp_path):
-    request = ["--ckpt", str(ddpm_run), "--class", "1", "--class", "2", "--num", "3", "--sampler", "ddpm", "--batch-size", "2"]
+    request = [
+        "--ckpt",
+        str(ddpm_run),
+        "--class",
+        "1",
+        "--class",
+        "2",
+        "--num",
+        "3",
+        "--sampler",
+        "ddpm",
+        "--batch-size",
+        "2",
+    ]
     single = sample(ddpm_run, tmp_path / "one", *request[2:])
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sdtgen.cli", "sample", *request, "--out", str(tmp_path / "two")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "sdtgen.cli",
+        "sample",
+        *request,
+        "--out",
+        str(tmp_path / "two"),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     two = {path.name: path.read_bytes() for path in sorted((tmp_path / "two").iterdir())}
     assert_same_outputs(two, single)
     # Each process sampled its share (a CPU launch once ran as two processes doing everything).
-    assert json.loads(two["settings.json"])["num_processes"] == 2 and json.loads(single["settings.json"])["num_processes"] == 1
+    assert (
+        json.loads(two["settings.json"])["num_processes"] == 2
+        and json.loads(single["settings.json"])["num_processes"] == 1
+    )

@@ -12,18 +12,29 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from sdtgen import SDTDiT
+from sdtgen.config import load_config
 from sdtgen.training import checkpoint as ckpt
-from sdtgen.training.batches import EpochOrder
-from sdtgen.training.config import load_config
 from sdtgen.training.ema import EMA
+from sdtgen.training.randomness import EpochOrder, StepKeys, step_keys
 from sdtgen.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Pixel space on the built-in set, a 2-block model: a step takes milliseconds.
 TINY = [
-    "data.vae=identity", "data.latent_cache=null", "model.preset=S/4", "model.depth=2", "model.hidden_size=64",
-    "model.num_heads=2", "train.global_batch_size=8", "train.log_every=1", "sample.per_class=1", "sample.steps=2",
-    "train.ema_warmup=true", "objective=ddpm", "train.final_eval=false", "train.mixed_precision=no",
+    "data.vae=identity",
+    "data.latent_cache=null",
+    "model.preset=S/4",
+    "model.depth=2",
+    "model.hidden_size=64",
+    "model.num_heads=2",
+    "train.global_batch_size=8",
+    "train.log_every=1",
+    "sample.per_class=1",
+    "sample.steps=2",
+    "train.ema_warmup=true",
+    "objective=ddpm",
+    "train.final_eval=false",
+    "train.mixed_precision=no",
 ]
 
 
@@ -40,7 +51,10 @@ def losses(run_dir: Path) -> list[dict]:
 
 def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     folder = run_dir / "checkpoints" / f"checkpoint-{step}"
-    return {**load_file(folder / "training_model.safetensors"), **{f"ema.{k}": v for k, v in load_file(folder / "model" / "diffusion_pytorch_model.safetensors").items()}}
+    return {
+        **load_file(folder / "training_model.safetensors"),
+        **{f"ema.{k}": v for k, v in load_file(folder / "model" / "diffusion_pytorch_model.safetensors").items()},
+    }
 
 
 def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
@@ -64,8 +78,13 @@ def test_the_run_that_builds_the_latent_cache_trains_the_same_model_as_runs_that
     cache = [f"data.latent_cache={tmp_path / 'cache'}", "train.max_steps=2", "train.checkpoint_every=2"]
     builds = run(tmp_path / "builds", *cache, "data.extract_batch_size=1000")
     reuses = run(tmp_path / "reuses", *cache)
-    rebuilt = run(tmp_path / "rebuilt", f"data.latent_cache={tmp_path / 'cache2'}", "train.max_steps=2", "train.checkpoint_every=2",
-                  "data.extract_batch_size=333")
+    rebuilt = run(
+        tmp_path / "rebuilt",
+        f"data.latent_cache={tmp_path / 'cache2'}",
+        "train.max_steps=2",
+        "train.checkpoint_every=2",
+        "data.extract_batch_size=333",
+    )
     assert (tmp_path / "cache" / "manifest.json").is_file()
     assert losses(builds) == losses(reuses) == losses(rebuilt)
     assert_same_weights(final_weights(builds, 2), final_weights(reuses, 2))
@@ -75,7 +94,9 @@ def test_the_run_that_builds_the_latent_cache_trains_the_same_model_as_runs_that
 def test_resume_is_exact_in_bf16(tmp_path):
     bf16 = ("train.mixed_precision=bf16", "train.checkpoint_every=2")
     straight = run(tmp_path / "straight", "train.max_steps=4", *bf16)
-    resumed = run(run(tmp_path / "resumed", "train.max_steps=2", *bf16), "train.max_steps=4", *bf16, "train.resume=latest")
+    resumed = run(
+        run(tmp_path / "resumed", "train.max_steps=2", *bf16), "train.max_steps=4", *bf16, "train.resume=latest"
+    )
     assert losses(resumed) == losses(straight)
     assert_same_weights(final_weights(resumed, 4), final_weights(straight, 4))
     assert load_config(tmp_path / "straight" / "config.yaml").train.mixed_precision == "bf16"
@@ -85,8 +106,13 @@ def test_bf16_accumulation_matches_to_bf16_rounding(tmp_path):
     # Splitting the batch changes bf16 rounding inside the kernels, so bf16 runs agree with
     # each other to bf16 precision, not bit for bit (docs/training_on_your_data.md).
     whole = run(tmp_path / "whole", "train.max_steps=3", "train.checkpoint_every=3", "train.mixed_precision=bf16")
-    accumulated = run(tmp_path / "accum", "train.max_steps=3", "train.checkpoint_every=3", "train.mixed_precision=bf16",
-                      "train.micro_batch_size=2")
+    accumulated = run(
+        tmp_path / "accum",
+        "train.max_steps=3",
+        "train.checkpoint_every=3",
+        "train.mixed_precision=bf16",
+        "train.micro_batch_size=2",
+    )
     for a, b in zip(losses(whole), losses(accumulated)):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-2)
 
@@ -109,15 +135,25 @@ def test_a_failed_save_leaves_nothing_that_resume_would_pick(tmp_path, monkeypat
     monkeypatch.setattr(ckpt.torch, "save", disk_full)
     model = SDTDiT.from_pretrained(run_dir / "checkpoints" / "checkpoint-2" / "model")
     with pytest.raises(OSError, match="No space left"):
-        ckpt.save_checkpoint(run_dir / "checkpoints", 3, ema_model=model, training_model=model, optimizer=torch.optim.AdamW(model.parameters()),
-                             scaler=None, trainer_state={"step": 3}, keep=5)
+        ckpt.save_checkpoint(
+            run_dir / "checkpoints",
+            3,
+            ema_model=model,
+            training_model=model,
+            optimizer=torch.optim.AdamW(model.parameters()),
+            scaler=None,
+            trainer_state={"step": 3},
+            keep=5,
+        )
     assert (run_dir / "checkpoints" / ".tmp-checkpoint-3").exists()  # the partial save, under a name resume ignores
     assert ckpt.resolve_resume("latest", run_dir / "checkpoints").name == "checkpoint-2"
     assert [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")] == ["checkpoint-1", "checkpoint-2"]
 
 
 def test_checkpoints_keep_the_newest_k_and_load_as_models(tmp_path):
-    run_dir = run(tmp_path, "train.max_steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=2", "objective=flow")
+    run_dir = run(
+        tmp_path, "train.max_steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=2", "objective=flow"
+    )
     assert [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")] == ["checkpoint-3", "checkpoint-4"]
     model = SDTDiT.from_pretrained(run_dir / "checkpoints" / "checkpoint-4" / "model")
     assert model.config.attention == "sdt" and model.config.num_classes == 10
@@ -137,9 +173,25 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path):
 def test_two_processes_compute_the_update_of_one(tmp_path):
     single = run(tmp_path / "one", "train.max_steps=3", "train.checkpoint_every=3")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "scripts" / "train_gen.py"),
-               f"output_dir={tmp_path / 'two'}", *TINY, "train.max_steps=3", "train.checkpoint_every=3"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(ROOT / "scripts" / "train_gen.py"),
+        f"output_dir={tmp_path / 'two'}",
+        *TINY,
+        "train.max_steps=3",
+        "train.checkpoint_every=3",
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((tmp_path / "two" / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
@@ -147,6 +199,29 @@ def test_two_processes_compute_the_update_of_one(tmp_path):
     for a, b in zip(losses(single), losses(tmp_path / "two")):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert_same_weights(final_weights(single, 3), final_weights(tmp_path / "two", 3), atol=1e-5)
+
+
+def test_data_loader_workers_change_nothing(tmp_path):
+    # The batch sampler runs ahead of the loop by the workers' prefetch; the loop draws each
+    # step's other random numbers itself, so both must still meet at the same step.
+    inline = run(tmp_path / "inline", "train.max_steps=3", "train.checkpoint_every=3")
+    workers = run(tmp_path / "workers", "train.max_steps=3", "train.checkpoint_every=3", "data.num_workers=2")
+    assert losses(workers) == losses(inline)
+    assert_same_weights(final_weights(workers, 3), final_weights(inline, 3))
+
+
+def test_tensorboard_events_hold_the_logged_losses(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = run(tmp_path, "train.max_steps=3", "train.checkpoint_every=3")
+    (events,) = run_dir.rglob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events.parent))
+    accumulator.Reload()
+    logged = [(r["step"], r["loss"]) for r in losses(run_dir)]
+    written = [(event.step, event.value) for event in accumulator.Scalars("train/loss")]
+    assert [step for step, _ in written] == [step for step, _ in logged] == [1, 2, 3]
+    for (_, value), (_, loss) in zip(written, logged):
+        assert value == pytest.approx(loss, rel=1e-6)  # TensorBoard stores float32
 
 
 def test_ema_update_and_warmup():
@@ -158,7 +233,11 @@ def test_ema_update_and_warmup():
     ema.update(model, step=100)
     torch.testing.assert_close(ema.model.weight, 0.9 * start + 0.1 * model.weight)
     warm = EMA(model, decay=0.9999, warmup=True)
-    assert warm.decay_at(0) == pytest.approx(0.1) and warm.decay_at(90) == pytest.approx(0.91) and warm.decay_at(10**7) == 0.9999
+    assert (
+        warm.decay_at(0) == pytest.approx(0.1)
+        and warm.decay_at(90) == pytest.approx(0.91)
+        and warm.decay_at(10**7) == 0.9999
+    )
     assert EMA(model.to(torch.bfloat16)).model.weight.dtype == torch.float32
 
 
@@ -168,6 +247,14 @@ def test_epoch_order_visits_every_sample_once_per_epoch():
     assert sorted(stream[:10].tolist()) == list(range(10)) and sorted(stream[10:].tolist()) == list(range(10))
     assert not torch.equal(stream[:10], stream[10:])
     assert torch.equal(EpochOrder(10, 4, 3).indices(3), order.indices(3))  # a pure function of the step
+
+
+def test_step_keys_are_a_function_of_the_step_split_over_processes():
+    order = EpochOrder(num_samples=10, global_batch_size=4, seed=3)
+    whole = step_keys(order, 5, slice(0, 4), "cpu")
+    assert [index for index, _ in whole] == order.indices(5).tolist()
+    assert step_keys(order, 5, slice(0, 2), "cpu") + step_keys(order, 5, slice(2, 4), "cpu") == whole
+    assert list(StepKeys(order, 4, 6, slice(0, 4), "cpu")) == [step_keys(order, 4, slice(0, 4), "cpu"), whole]
 
 
 def test_config_errors_are_clear():
@@ -183,12 +270,23 @@ def test_config_errors_are_clear():
 
 def test_evaluation_during_training_is_logged(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SDTGEN_CACHE_DIR", str(tmp_path / "cache"))
-    run_dir = run(tmp_path / "run", "train.max_steps=4", "train.checkpoint_every=4", "train.log_every=3", "train.eval_every=2",
-                  "train.eval_samples=20", "train.final_eval=true")
+    run_dir = run(
+        tmp_path / "run",
+        "train.max_steps=4",
+        "train.checkpoint_every=4",
+        "train.log_every=3",
+        "train.eval_every=2",
+        "train.eval_samples=20",
+        "train.final_eval=true",
+    )
     records = {r["step"]: r for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())}
     assert sorted(records) == [2, 3, 4]  # log_every=3, plus the evaluated steps
     for step in (2, 4):
-        assert records[step]["eval_samples"] == 20 and records[step]["eval_fid"] > 0 and 0 <= records[step]["eval_class_accuracy"] <= 1
+        assert (
+            records[step]["eval_samples"] == 20
+            and records[step]["eval_fid"] > 0
+            and 0 <= records[step]["eval_class_accuracy"] <= 1
+        )
         assert "loss" in records[step]
     printed = capsys.readouterr()
     assert "FID" in printed.out + printed.err

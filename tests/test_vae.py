@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sdtgen.data.animals import load_animals
-from sdtgen.vae import builtin_vae_dir, load_vae, reconstruction_psnr
+from sdtgen.vae import LOGVAR_RANGE, builtin_vae_dir, load_vae, reconstruction_psnr, sample_posterior
 
 # The shipped VAE scores 37.55 dB on these 200 test images (35.78 dB on the whole test
 # split, see sdtgen/assets/vae/training_report.json); 1.5 dB of margin for numerics.
@@ -44,6 +44,25 @@ def test_builtin_shapes_and_unit_variance(builtin, test_images):
     assert 0.5 < builtin.scale_latent(mean).std() < 2.0  # scaling_factor = 1 / latent std
     images = builtin.decode(latents)
     assert images.shape == (8, 1, 32, 32) and images.min() >= -1 and images.max() <= 1
+
+
+def test_one_posterior_sampler(builtin, test_images):
+    mean, logvar = builtin.encode_moments(test_images[:8])
+    # diffusers clamps the moments already, so the clamp never changes them ...
+    assert LOGVAR_RANGE[0] <= logvar.min() and logvar.max() <= LOGVAR_RANGE[1]
+    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))
+    # ... and training's draw is the unclamped formula it always was, bit for bit.
+    unclamped = (mean + torch.exp(0.5 * logvar) * noise - builtin.shift) * builtin.scale
+    assert torch.equal(builtin.sample_latent(mean, logvar, noise=noise), unclamped)
+    drawn = builtin.sample_latent(mean, logvar, torch.Generator().manual_seed(1))
+    assert torch.equal(drawn, unclamped)  # the generator draws the same noise
+    huge = torch.full_like(logvar, 100.0)
+    assert torch.equal(
+        sample_posterior(mean, huge, noise, scale=1.0, shift=0.0), mean + torch.exp(torch.tensor(10.0)) * noise
+    )
+    assert torch.equal(sample_posterior(mean, logvar, None, scale=2.0, shift=0.5), (mean - 0.5) * 2.0)
+    identity = load_vae("identity", image_channels=1)
+    assert torch.equal(identity.sample_latent(test_images[:8], logvar, noise=noise), test_images[:8])
 
 
 def test_builtin_reconstruction_psnr(builtin, test_images):

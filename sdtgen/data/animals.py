@@ -18,7 +18,7 @@ import hashlib
 import importlib.util
 import pickle
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,7 +26,16 @@ from torch.utils.data import Dataset
 
 # Label order of the package's label file (verified by looking at each class's images).
 ANIMAL_CLASSES: tuple[str, ...] = (
-    "bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra",
+    "bear",
+    "bird",
+    "cat",
+    "cow",
+    "dog",
+    "elephant",
+    "giraffe",
+    "horse",
+    "sheep",
+    "zebra",
 )
 IMAGE_SIZE = 32
 TEST_PER_CLASS = 100
@@ -39,10 +48,8 @@ _INSTALL_HINT = "Reinstall it with `pip install --force-reinstall animal-shape-m
 _FILES = {
     # file name -> sha256 of the file as shipped in animal-shape-mnist 0.39. Checking it
     # before unpickling catches corrupt or different data (and a different split) early.
-    "images": ("animal_data_version_3.gz",
-               "68a30346781a0984f839463a4615d2decb899d1ce65091bb92586311754a34ce"),
-    "labels": ("animal_label_version_3.gz",
-               "dec8dba7c469830989fbab46825021a08a38470753a512f27ada847eced97b57"),
+    "images": ("animal_data_version_3.gz", "68a30346781a0984f839463a4615d2decb899d1ce65091bb92586311754a34ce"),
+    "labels": ("animal_label_version_3.gz", "dec8dba7c469830989fbab46825021a08a38470753a512f27ada847eced97b57"),
 }
 # Salt of the split ranking; changing it changes the split, which the tests pin.
 _SPLIT_SALT = b"sdtgen-animals-split-v1"
@@ -78,8 +85,12 @@ def _load_raw() -> tuple[np.ndarray, np.ndarray]:
     images = _read_verified_pickle(folder / _FILES["images"][0], _FILES["images"][1])
     labels = _read_verified_pickle(folder / _FILES["labels"][0], _FILES["labels"][1])
     counts = np.bincount(labels.astype(np.int64), minlength=len(ANIMAL_CLASSES))
-    if (images.shape != (PER_CLASS * len(ANIMAL_CLASSES), 28, 28) or images.dtype != np.uint8
-            or labels.shape != (images.shape[0],) or (counts != PER_CLASS).any()):
+    if (
+        images.shape != (PER_CLASS * len(ANIMAL_CLASSES), 28, 28)
+        or images.dtype != np.uint8
+        or labels.shape != (images.shape[0],)
+        or (counts != PER_CLASS).any()
+    ):
         raise ValueError(
             f"Animal dataset files in {folder} have unexpected contents (images "
             f"{images.shape} {images.dtype}, label counts {counts.tolist()}). {_INSTALL_HINT}"
@@ -107,7 +118,7 @@ def _test_indices_of_class(images: np.ndarray, members: np.ndarray) -> list[int]
     raise AssertionError("too few distinct images in a class to fill the test split")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def split_indices(split: Split) -> np.ndarray:
     """Sorted indices (into the package's file order) of the images in ``split``.
 
@@ -125,7 +136,7 @@ def split_indices(split: Split) -> np.ndarray:
     return indices
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_split(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = _load_raw()
     index = split_indices(split)
@@ -153,24 +164,16 @@ class AnimalsDataset(Dataset):
     """The built-in animal silhouettes as ``(image, label)`` pairs.
 
     ``image`` is a float tensor (1, 32, 32) in [-1, 1]; ``label`` an int index into
-    :data:`ANIMAL_CLASSES`. ``random_flip`` mirrors each image horizontally with
-    probability 1/2 (drawn from torch's global generator, which DataLoader seeds per
-    worker); ``transform``, if given, is applied last to the image tensor.
+    :data:`ANIMAL_CLASSES`. Items are never flipped: training mirrors them by its own
+    seeded keys (training/randomness.py), so a sample's flip is a function of the step.
     """
 
     classes = ANIMAL_CLASSES
     class_to_idx = {name: index for index, name in enumerate(ANIMAL_CLASSES)}
 
-    def __init__(
-        self,
-        split: Split = "train",
-        random_flip: bool = False,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> None:
+    def __init__(self, split: Split = "train") -> None:
         _check_split(split)
         self.split = split
-        self.random_flip = random_flip
-        self.transform = transform
         # Shared, read-only use of the cached tensors: __getitem__ never writes into them.
         self.images, self.labels = _load_split(split)
 
@@ -178,9 +181,4 @@ class AnimalsDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.images[index].float() / 127.5 - 1.0
-        if self.random_flip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
+        return self.images[index].float() / 127.5 - 1.0, int(self.labels[index])

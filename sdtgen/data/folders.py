@@ -54,8 +54,7 @@ def adm_center_crop(pil_image: Image.Image, image_size: int) -> Image.Image:
     while min(pil_image.size) >= 2 * image_size:
         pil_image = pil_image.resize(tuple(side // 2 for side in pil_image.size), resample=Image.BOX)
     scale = image_size / min(pil_image.size)
-    pil_image = pil_image.resize(tuple(round(side * scale) for side in pil_image.size),
-                                 resample=Image.BICUBIC)
+    pil_image = pil_image.resize(tuple(round(side * scale) for side in pil_image.size), resample=Image.BICUBIC)
     width, height = pil_image.size
     left, top = (width - image_size) // 2, (height - image_size) // 2
     return pil_image.crop((left, top, left + image_size, top + image_size))
@@ -90,8 +89,9 @@ def scan_images(
     paths = [os.fspath(path) for path in paths]
     workers = num_workers or min(16, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        flags = list(tqdm(pool.map(_is_bad, paths), total=len(paths), disable=not progress,
-                          desc="scanning images", unit="img"))
+        flags = list(
+            tqdm(pool.map(_is_bad, paths), total=len(paths), disable=not progress, desc="scanning images", unit="img")
+        )
     return [path for path, bad in zip(paths, flags) if bad]
 
 

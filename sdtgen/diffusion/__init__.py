@@ -1,4 +1,4 @@
-"""Training objectives (DDPM with learned sigma, flow matching) and, later, samplers."""
+"""Training objectives (DDPM with learned sigma, flow matching) and sampling with diffusers schedulers (sampling.py)."""
 
 from sdtgen.diffusion.ddpm import DDPMObjective
 from sdtgen.diffusion.flow import FlowObjective

@@ -5,13 +5,15 @@ With ``learn_sigma=True`` the model also predicts the interpolation value ``v`` 
 loss is the hybrid ``mse + vb``: the epsilon MSE plus the variational bound term that
 trains only the variance (its mean uses a stop-gradient epsilon).
 
-The betas come from ``diffusers.DDPMScheduler`` so that samplers built on diffusers use
-exactly the schedule the model was trained with; every derived array is computed in
-float64, as DiT does, and cast to the data's dtype only when it is used.
+The schedule is ``DDPM_SCHEDULE`` (DiT's linear betas over 1,000 steps), the one home of
+those numbers: the betas come from a ``diffusers.DDPMScheduler`` built from it, and
+``sampling.make_scheduler`` builds every DDPM sampler from it too, so sampling uses exactly
+the schedule the model was trained with. Every derived array is computed in float64, as
+DiT does, and cast to the data's dtype only when it is used.
 """
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from diffusers import DDPMScheduler
@@ -24,23 +26,16 @@ _HALF_BIN = 1.0 / 255.0
 _EDGE = 0.999
 _LOG_FLOOR = 1e-12
 
+# DiT's training schedule, as diffusers scheduler settings; training and sampling both use it.
+DDPM_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
 
-def normal_kl(
-    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
-) -> torch.Tensor:
+
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
     """Elementwise KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) in nats."""
-    return 0.5 * (
-        -1.0
-        + logvar2
-        - logvar1
-        + torch.exp(logvar1 - logvar2)
-        + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
-    )
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
-def discretized_gaussian_log_likelihood(
-    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
-) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """Elementwise log-probability of the 8-bit bin holding ``x`` under N(mean, exp(log_scale)^2).
 
     ``x`` is data in [-1, 1] on a grid of 255 bins of width 2/255; the two edge bins extend
@@ -55,9 +50,7 @@ def discretized_gaussian_log_likelihood(
     log_survival_lower = torch.special.log_ndtr(-lower)
     bin_mass = torch.special.ndtr(upper) - torch.special.ndtr(lower)
     log_bin = torch.log(bin_mass.clamp(min=_LOG_FLOOR))
-    return torch.where(
-        x < -_EDGE, log_cdf_upper, torch.where(x > _EDGE, log_survival_lower, log_bin)
-    )
+    return torch.where(x < -_EDGE, log_cdf_upper, torch.where(x > _EDGE, log_survival_lower, log_bin))
 
 
 def _mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +61,7 @@ def _mean_flat(x: torch.Tensor) -> torch.Tensor:
 class DDPMObjective:
     """Epsilon-prediction diffusion loss with DiT's linear schedule and optional learned sigma.
 
-    Arrays of length ``num_timesteps`` (float64) are exposed for samplers: ``betas``,
+    Arrays of length ``num_timesteps`` (float64) are exposed: ``betas``,
     ``alphas_cumprod``, ``alphas_cumprod_prev``, ``sqrt_alphas_cumprod``,
     ``sqrt_one_minus_alphas_cumprod``, ``sqrt_recip_alphas_cumprod``,
     ``sqrt_recipm1_alphas_cumprod``, ``log_betas``, ``posterior_variance``,
@@ -90,30 +83,15 @@ class DDPMObjective:
         "posterior_mean_coef2",
     )
 
-    def __init__(
-        self,
-        learn_sigma: bool = True,
-        num_timesteps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-    ) -> None:
-        """Build the schedule.
+    def __init__(self, learn_sigma: bool = True) -> None:
+        """Build the arrays of ``DDPM_SCHEDULE``.
 
         Args:
             learn_sigma: the model outputs 2*C channels (eps, v) and is trained with mse + vb.
-            num_timesteps: number of diffusion steps T.
-            beta_start, beta_end: ends of the linear beta schedule.
         """
         self.learn_sigma = learn_sigma
-        self.num_timesteps = num_timesteps
-        # Kept so samplers can be built from the very same configuration.
-        self.scheduler = DDPMScheduler(
-            num_train_timesteps=num_timesteps,
-            beta_schedule="linear",
-            beta_start=beta_start,
-            beta_end=beta_end,
-        )
-        betas = self.scheduler.betas.to(torch.float64)
+        self.num_timesteps = DDPM_SCHEDULE["num_train_timesteps"]
+        betas = DDPMScheduler(**DDPM_SCHEDULE).betas.to(torch.float64)
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
@@ -129,13 +107,9 @@ class DDPMObjective:
         self.log_betas = betas.log()
         self.posterior_variance = posterior_variance
         # The posterior variance is 0 at t=0; reuse the t=1 value so its log stays finite.
-        self.posterior_log_variance_clipped = torch.cat(
-            [posterior_variance[1:2], posterior_variance[1:]]
-        ).log()
+        self.posterior_log_variance_clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]]).log()
         self.posterior_mean_coef1 = betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod)
-        self.posterior_mean_coef2 = (
-            (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod)
-        )
+        self.posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod)
 
     def to(self, device: torch.device | str) -> "DDPMObjective":
         """Move the schedule arrays to ``device`` (saves a host-to-device copy per lookup)."""
@@ -153,9 +127,7 @@ class DDPMObjective:
         self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Uniform integer timesteps in [0, T)."""
-        return torch.randint(
-            0, self.num_timesteps, (batch_size,), device=device, generator=generator
-        )
+        return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0): sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise."""
@@ -176,9 +148,7 @@ class DDPMObjective:
         log_variance = self._extract(self.posterior_log_variance_clipped, t, x_t)
         return mean, variance, log_variance
 
-    def predict_x0_from_eps(
-        self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
-    ) -> torch.Tensor:
+    def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Invert q_sample: x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
         return (
             self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
@@ -209,9 +179,7 @@ class DDPMObjective:
         decoder NLL of x0 for t == 0, each averaged over the non-batch dims.
         """
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
-        model_mean, _, _ = self.q_posterior_mean_variance(
-            self.predict_x0_from_eps(x_t, t, eps), x_t, t
-        )
+        model_mean, _, _ = self.q_posterior_mean_variance(self.predict_x0_from_eps(x_t, t, eps), x_t, t)
         model_log_var = self.model_log_variance(v, t)
         kl = _mean_flat(normal_kl(true_mean, true_log_var, model_mean, model_log_var))
         log_likelihood = discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)

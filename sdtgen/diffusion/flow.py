@@ -11,7 +11,7 @@ The model is called with ``t * 1000`` (a float in [0, 1000)) so that DiT's times
 embedder, built for DDPM's integer steps in [0, 1000), serves both objectives unchanged.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -31,7 +31,6 @@ class FlowObjective:
         time_sampling: str = "uniform",
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
-        learn_sigma: bool = False,
     ) -> None:
         """Configure the objective.
 
@@ -39,20 +38,11 @@ class FlowObjective:
             time_sampling: ``uniform`` (t ~ U[0, 1)) or ``logit_normal``
                 (t = sigmoid(n), n ~ N(logit_mean, logit_std^2)).
             logit_mean, logit_std: parameters of the logit-normal distribution.
-            learn_sigma: must be False; flow matching has no variance to learn.
         """
-        if learn_sigma:
-            raise ValueError(
-                "FlowObjective does not support learn_sigma=True: flow matching predicts a "
-                "velocity only; build the model with learn_sigma=False"
-            )
         if time_sampling not in TIME_SAMPLINGS:
-            raise ValueError(
-                f"unknown time_sampling {time_sampling!r}; expected one of {TIME_SAMPLINGS}"
-            )
+            raise ValueError(f"unknown time_sampling {time_sampling!r}; expected one of {TIME_SAMPLINGS}")
         if logit_std <= 0:
             raise ValueError(f"logit_std must be positive, got {logit_std}")
-        self.learn_sigma = False
         self.time_sampling = time_sampling
         self.logit_mean = logit_mean
         self.logit_std = logit_std

@@ -5,16 +5,17 @@ stochastic sampler draws come from a generator seeded with seeds[i], so the imag
 the same whatever the batch size or the number of processes. A request with one seed
 gives sample i the seed `sample_seed(seed, i)`.
 
-Guidance is described by `Guidance`: its scale (1 = off), how many latent channels it
-acts on, and the interval of noise levels where it applies. The noise level of a step is
-`timestep / num_train_timesteps` in [0, 1]: 1 is pure noise, 0 the clean image (for flow
-models it is t of x_t = (1 - t) x0 + t noise; for DDPM it is the diffusion time).
+Guidance is described by `Guidance`: its scale (1 = off; DEFAULT_GUIDANCE unless said
+otherwise), how many latent channels it acts on, and the interval of noise levels where it
+applies. The noise level of a step is `timestep / num_train_timesteps` in [0, 1]: 1 is pure
+noise, 0 the clean image (for flow models it is t of x_t = (1 - t) x0 + t noise; for DDPM
+it is the diffusion time).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,29 +28,36 @@ from diffusers import (
     FlowMatchHeunDiscreteScheduler,
 )
 from diffusers.utils.torch_utils import randn_tensor
-from tqdm.auto import tqdm
 
-# DiT's training schedule; samplers must use the very same betas.
-DDPM_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+from sdtgen.diffusion.ddpm import DDPM_SCHEDULE
 
+# The defaults of every sampling entry point (pipeline, `sdtgen sample/eval/inspect`, training grids).
 SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++"), "flow": ("euler", "heun")}
 DEFAULT_SAMPLER = {"ddpm": "ddim", "flow": "euler"}
 DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm++": 25, "euler": 50, "heun": 25}
+FOREIGN_SCHEDULER_STEPS = 50  # for a diffusers scheduler that make_scheduler does not build
+DEFAULT_GUIDANCE = 2.0
 SCHEDULER_CLASSES = {
-    "ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler,
-    "euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHeunDiscreteScheduler,
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "euler": FlowMatchEulerDiscreteScheduler,
+    "heun": FlowMatchHeunDiscreteScheduler,
 }
 # A prime stride: requests made with different seeds share no sample seed unless one of
 # them holds more than 1,000,003 samples. The trainer's sample grids follow the same rule.
 SEED_STRIDE = 1_000_003
 
 
-def make_scheduler(objective: str, sampler: str, learn_sigma: bool):
-    """The diffusers scheduler for `sampler`, matched to the training objective."""
+def make_scheduler(objective: str, sampler: str | None, learn_sigma: bool):
+    """The diffusers scheduler for `sampler` (None: the objective's DEFAULT_SAMPLER), matched to the training objective."""
     if objective not in SAMPLERS:
         raise ValueError(f"Unknown objective {objective!r}; expected one of {', '.join(SAMPLERS)}.")
+    sampler = sampler or DEFAULT_SAMPLER[objective]
     if sampler not in SAMPLERS[objective]:
-        raise ValueError(f"Sampler {sampler!r} does not fit objective {objective!r}; choose one of {', '.join(SAMPLERS[objective])}.")
+        raise ValueError(
+            f"Sampler {sampler!r} does not fit objective {objective!r}; choose one of {', '.join(SAMPLERS[objective])}."
+        )
     scheduler_class = SCHEDULER_CLASSES[sampler]
     if objective == "flow":
         # x_t = (1 - t) x0 + t noise, velocity noise - x0, model timestep t * 1000: diffusers' convention.
@@ -74,8 +82,18 @@ def objective_of(scheduler: Any) -> str:
 
 
 def default_steps(scheduler) -> int:
-    """DEFAULT_STEPS of the scheduler's sampler; 50 for a scheduler sdtgen does not build."""
-    return DEFAULT_STEPS.get(sampler_of(scheduler), 50)
+    """DEFAULT_STEPS of the scheduler's sampler; FOREIGN_SCHEDULER_STEPS for a scheduler sdtgen does not build."""
+    return DEFAULT_STEPS.get(sampler_of(scheduler), FOREIGN_SCHEDULER_STEPS)
+
+
+def default_guidance(model_config: Any, preferred: float | None = None) -> float:
+    """The guidance scale when none is asked for: `preferred` (e.g. a run's `sample.cfg`), else DEFAULT_GUIDANCE.
+
+    A model trained without label dropout has no null class to guide with: 1 (off) for it.
+    """
+    if model_config["class_dropout_prob"] <= 0:
+        return 1.0
+    return DEFAULT_GUIDANCE if preferred is None else preferred
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -98,6 +116,7 @@ class Guidance:
     """Classifier-free guidance, `uncond + scale * (cond - uncond)`, and where it acts.
 
     scale: 1 turns guidance off (one model pass per step); 0 is the unconditional model.
+        Defaults to DEFAULT_GUIDANCE.
     channels: guide the first `channels` latent channels; None (the default) guides all.
         DiT's original code guided 3 of 4 (`channels=3` reproduces it); diffusers'
         DiTPipeline guides all 4. Unguided channels take the conditional prediction.
@@ -105,7 +124,7 @@ class Guidance:
         module docstring); at other steps the model runs once, conditionally.
     """
 
-    scale: float = 1.0
+    scale: float = DEFAULT_GUIDANCE
     channels: int | None = None
     interval: tuple[float, float] = (0.0, 1.0)
 
@@ -115,12 +134,19 @@ class Guidance:
             raise ValueError(f"The guidance scale must be >= 0 (1 = no guidance), got {self.scale}.")
         low, high = self.interval
         if not 0.0 <= low <= high <= 1.0:
-            raise ValueError(f"The guidance interval needs 0 <= LOW <= HIGH <= 1 (noise levels, 1 = pure noise), got {low} {high}.")
+            raise ValueError(
+                f"The guidance interval needs 0 <= LOW <= HIGH <= 1 (noise levels, 1 = pure noise), got {low} {high}."
+            )
         in_channels = model_config["in_channels"]
         if self.channels is not None and not 1 <= self.channels <= in_channels:
-            raise ValueError(f"The guided channels must be 1..{in_channels} (this model's latent channels), got {self.channels}.")
+            raise ValueError(
+                f"The guided channels must be 1..{in_channels} (this model's latent channels), got {self.channels}."
+            )
         if self.scale != 1.0 and model_config["class_dropout_prob"] <= 0:
-            raise ValueError("This model was trained without label dropout, so it has no null class for guidance; use cfg 1.")
+            raise ValueError(
+                "This model was trained without label dropout, so it has no null class for guidance; "
+                "use a guidance scale of 1."
+            )
 
     def applies_at(self, noise_level: float) -> bool:
         return self.scale != 1.0 and self.interval[0] <= noise_level <= self.interval[1]
@@ -151,7 +177,7 @@ def denoise(
     labels: torch.Tensor,
     *,
     steps: int,
-    guidance: Guidance = Guidance(),
+    guidance: Guidance,
     generator: torch.Generator | list[torch.Generator] | None = None,
     progress: Callable[[Iterable], Iterable] = iter,
 ) -> torch.Tensor:
@@ -181,32 +207,10 @@ def denoise(
     for t in progress(scheduler.timesteps):
         model_input = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
         cfg = guidance.scale if guidance.applies_at(float(t) / total) else 1.0
-        out = guided_prediction(model, model_input.to(model.dtype), t.expand(batch), labels, cfg, config.num_classes, guidance.channels)
+        out = guided_prediction(
+            model, model_input.to(model.dtype), t.expand(batch), labels, cfg, config.num_classes, guidance.channels
+        )
         if not learned_variance:
             out = out[:, : x.shape[1]]
         x = scheduler.step(out.float(), t, x, **step_kwargs).prev_sample
     return x
-
-
-def sample_latents(
-    model,
-    labels: torch.Tensor,
-    seeds: Sequence[int],
-    *,
-    objective: str,
-    sampler: str | None = None,
-    steps: int | None = None,
-    cfg: float = 1.0,
-    cfg_channels: int | None = None,
-    cfg_interval: tuple[float, float] = (0.0, 1.0),
-    progress: bool = False,
-) -> torch.Tensor:
-    """Draw one latent per (label, seed) from `model` (an SDTDiT-like module in eval mode)."""
-    sampler = sampler or DEFAULT_SAMPLER.get(objective)
-    scheduler = make_scheduler(objective, sampler, model.config.learn_sigma)
-    return denoise(
-        model, scheduler, labels, steps=DEFAULT_STEPS[sampler] if steps is None else steps,
-        guidance=Guidance(cfg, cfg_channels, tuple(cfg_interval)),
-        generator=[torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds],
-        progress=lambda timesteps: tqdm(timesteps, desc="sampling", disable=not progress, leave=False),
-    )

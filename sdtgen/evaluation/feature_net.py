@@ -41,8 +41,7 @@ class AnimalsFeatureNet(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, channels: tuple[int, ...] = (16, 32, 64), feature_dim: int = 128,
-                 num_classes: int = 10) -> None:
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 64), feature_dim: int = 128, num_classes: int = 10) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width_in = 1
@@ -59,8 +58,7 @@ class AnimalsFeatureNet(ModelMixin, ConfigMixin):
 
 
 def _conv_bn_relu(width_in: int, width_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(width_in, width_out, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(width_out), nn.ReLU())
+    return nn.Sequential(nn.Conv2d(width_in, width_out, 3, padding=1, bias=False), nn.BatchNorm2d(width_out), nn.ReLU())
 
 
 def uint8_to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -71,8 +69,10 @@ def uint8_to_unit_range(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected uint8 images (N, 1 or 3, H, W), got {images.dtype} {tuple(images.shape)}")
     if tuple(images.shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"the animals feature network needs {IMAGE_SIZE}x{IMAGE_SIZE} images, "
-                         f"got {images.shape[-2]}x{images.shape[-1]}")
+        raise ValueError(
+            f"the animals feature network needs {IMAGE_SIZE}x{IMAGE_SIZE} images, "
+            f"got {images.shape[-2]}x{images.shape[-1]}"
+        )
     return images.float().mean(dim=1, keepdim=True) / 127.5 - 1.0
 
 
@@ -88,8 +88,9 @@ def load_feature_net(folder: Path | None = None) -> AnimalsFeatureNet:
     """The trained network from ``folder`` (default: the shipped weights), frozen, in eval mode."""
     folder = Path(folder or default_weights_dir())
     if not (folder / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"feature-network weights not found in {folder}; "
-                                f"train them with scripts/train_feature_net.py")
+        raise FileNotFoundError(
+            f"feature-network weights not found in {folder}; train them with scripts/train_feature_net.py"
+        )
     net = AnimalsFeatureNet.from_pretrained(folder)
     return net.eval().requires_grad_(False)
 
@@ -102,8 +103,9 @@ class AnimalsFeatureExtractor(FeatureExtractorBase):
     (torch-fidelity's keyword) may point to a folder of other weights.
     """
 
-    def __init__(self, name: str, features_list: list[str],
-                 feature_extractor_weights_path: str | None = None, **kwargs) -> None:
+    def __init__(
+        self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None, **kwargs
+    ) -> None:
         super().__init__(name, features_list)
         folder = Path(feature_extractor_weights_path) if feature_extractor_weights_path else None
         # A submodule of its own, so torch-fidelity's .cuda() moves only this copy.
@@ -115,8 +117,12 @@ class AnimalsFeatureExtractor(FeatureExtractorBase):
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric: str) -> str:
-        return {"isc": FEATURE_LOGITS, "fid": FEATURE_PENULTIMATE,
-                "kid": FEATURE_PENULTIMATE, "prc": FEATURE_PENULTIMATE}[metric]
+        return {
+            "isc": FEATURE_LOGITS,
+            "fid": FEATURE_PENULTIMATE,
+            "kid": FEATURE_PENULTIMATE,
+            "prc": FEATURE_PENULTIMATE,
+        }[metric]
 
     @staticmethod
     def can_be_compiled() -> bool:

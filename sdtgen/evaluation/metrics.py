@@ -11,13 +11,16 @@ Two kinds of reference:
   built-in training split, whose features are cached under a fingerprint of the
   extractor weights and the data).
 - :func:`fid_against_npz`: a reference batch ``.npz`` holding precomputed ``mu`` and
-  ``sigma`` (ADM's ImageNet batches); only FID can be computed from those.
+  ``sigma`` (ADM's ImageNet batches); only FID can be computed from those. ADM's batches
+  also hold reference images: ``compute_metrics(..., fid_statistics=npz)`` takes FID from
+  the statistics and the other metrics from the images, extracting each set's features once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from sdtgen.data.animals import ANIMAL_CLASSES, load_animals
+from sdtgen.data.latents.format import file_sha256
 from sdtgen.evaluation import feature_net
 
 BUILTIN_REFERENCE = "animals"
@@ -62,8 +66,10 @@ def to_nchw_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Validate uint8 images, NCHW or NHWC with 1 or 3 channels; return them NCHW."""
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8 or images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"images must be a non-empty uint8 array (N, C, H, W) or (N, H, W, C), "
-                         f"got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be a non-empty uint8 array (N, C, H, W) or (N, H, W, C), "
+            f"got {images.dtype} {tuple(images.shape)}"
+        )
     if images.shape[1] in (1, 3):
         return images
     if images.shape[-1] in (1, 3):
@@ -71,16 +77,17 @@ def to_nchw_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     raise ValueError(f"images need 1 or 3 channels first or last, got shape {tuple(images.shape)}")
 
 
-def extract_features(images: torch.Tensor, feature_extractor: str, features: list[str],
-                     batch_size: int = 256, **extractor_kwargs: Any) -> dict[str, torch.Tensor]:
+def extract_features(
+    images: torch.Tensor, feature_extractor: str, features: list[str], batch_size: int = 256, **extractor_kwargs: Any
+) -> dict[str, torch.Tensor]:
     """Features ``{name: (N, D) float tensor}`` of uint8 NCHW ``images``, via torch-fidelity."""
     _check_extractor(feature_extractor)
     cuda = torch.cuda.is_available()
-    extractor = create_feature_extractor(feature_extractor, features, cuda=cuda, verbose=False,
-                                         **extractor_kwargs)
+    extractor = create_feature_extractor(feature_extractor, features, cuda=cuda, verbose=False, **extractor_kwargs)
     # save_cpu_ram=True keeps torch-fidelity from spawning DataLoader workers for tensors.
-    return get_featuresdict_from_dataset(ImageTensorDataset(images), extractor, batch_size, cuda,
-                                         save_cpu_ram=True, verbose=False)
+    return get_featuresdict_from_dataset(
+        ImageTensorDataset(images), extractor, batch_size, cuda, save_cpu_ram=True, verbose=False
+    )
 
 
 def extractor_weights_sha256(feature_extractor: str, weights_path: str | None = None) -> str | None:
@@ -97,9 +104,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SDTGEN_CACHE_DIR", Path.home() / ".cache" / "sdtgen")) / "reference"
 
 
-def builtin_reference_features(feature_extractor: str, feature: str, weights_sha256: str | None,
-                               cache_dir: Path | None = None,
-                               **extractor_kwargs: Any) -> tuple[torch.Tensor, str]:
+def builtin_reference_features(
+    feature_extractor: str,
+    feature: str,
+    weights_sha256: str | None,
+    cache_dir: Path | None = None,
+    **extractor_kwargs: Any,
+) -> tuple[torch.Tensor, str]:
     """Features of the animals training split, and a description; computed once, then cached.
 
     The cache file name holds a fingerprint of the extractor (name, weights hash, feature)
@@ -114,16 +125,20 @@ def builtin_reference_features(feature_extractor: str, feature: str, weights_sha
     else:
         reference = extract_features(images, feature_extractor, [feature], **extractor_kwargs)[feature]
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"features": reference.contiguous()}, str(path),
-                  metadata={"data_sha256": data_sha, "weights_sha256": str(weights_sha256)})
+        save_file(
+            {"features": reference.contiguous()},
+            str(path),
+            metadata={"data_sha256": data_sha, "weights_sha256": str(weights_sha256)},
+        )
     return reference, f"animals train split ({len(images)} images, pixels sha256 {data_sha[:16]})"
 
 
 def _check_extractor(feature_extractor: str) -> None:
     feature_net.register()
     if feature_extractor not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ValueError(f"unknown feature extractor {feature_extractor!r}; known: "
-                         f"{', '.join(sorted(FEATURE_EXTRACTORS_REGISTRY))}")
+        raise ValueError(
+            f"unknown feature extractor {feature_extractor!r}; known: {', '.join(sorted(FEATURE_EXTRACTORS_REGISTRY))}"
+        )
 
 
 def _default_layer(feature_extractor: str, metric: str) -> str:
@@ -136,8 +151,7 @@ def _check_labels(labels: torch.Tensor | np.ndarray, num_samples: int) -> torch.
     if labels.shape != (num_samples,):
         raise ValueError(f"sample_labels must have shape ({num_samples},), got {tuple(labels.shape)}")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(ANIMAL_CLASSES)):
-        raise ValueError(f"sample_labels must lie in [0, {len(ANIMAL_CLASSES)}), "
-                         f"got [{labels.min()}, {labels.max()}]")
+        raise ValueError(f"sample_labels must lie in [0, {len(ANIMAL_CLASSES)}), got [{labels.min()}, {labels.max()}]")
     return labels
 
 
@@ -150,6 +164,7 @@ def compute_metrics(
     seed: int = 2020,
     cache_dir: Path | None = None,
     feature_extractor_weights_path: str | None = None,
+    fid_statistics: str | Path | None = None,
 ) -> dict[str, Any]:
     """FID, IS, KID, precision/recall (and class accuracy) of ``samples`` against ``reference``.
 
@@ -157,11 +172,14 @@ def compute_metrics(
     generated for; gives ``class_accuracy`` (fraction the built-in classifier assigns to
     that class), which only the built-in extractor can judge. ``reference``: ``"animals"``
     (training split, cached features) or uint8 images. ``kid_subset_size`` defaults to
-    min(1000, both set sizes). ``seed`` fixes IS's shuffle and KID's subsets. Returns
+    min(1000, both set sizes). ``seed`` fixes IS's shuffle and KID's subsets.
+    ``fid_statistics``: a reference batch ``.npz`` whose precomputed ``mu``/``sigma`` are
+    FID's reference instead of ``reference`` (see :func:`fid_against_npz`). Returns
     ``fid``, ``is``, ``is_std``, ``kid``, ``kid_std``, ``precision``, ``recall``,
     ``class_accuracy`` (None without labels or another extractor) and ``provenance``.
     """
     samples = to_nchw_uint8(samples)
+    npz = None if fid_statistics is None else load_npz_statistics(fid_statistics)
     labels = None if sample_labels is None else _check_labels(sample_labels, len(samples))
     layer = _default_layer(feature_extractor, "fid")
     logits_layer = _default_layer(feature_extractor, "isc")
@@ -172,7 +190,8 @@ def compute_metrics(
         if reference != BUILTIN_REFERENCE:
             raise ValueError(f"unknown reference {reference!r}; use {BUILTIN_REFERENCE!r} or uint8 images")
         reference_features, description = builtin_reference_features(
-            feature_extractor, layer, weights_sha, cache_dir, **kwargs)
+            feature_extractor, layer, weights_sha, cache_dir, **kwargs
+        )
     else:
         reference_images = to_nchw_uint8(reference)
         reference_features = extract_features(reference_images, feature_extractor, [layer], **kwargs)[layer]
@@ -181,23 +200,54 @@ def compute_metrics(
     features = extract_features(samples, feature_extractor, sorted({layer, logits_layer}), **kwargs)
     subset = kid_subset_size or min(DEFAULT_KID_SUBSET_SIZE, len(samples), len(reference_features))
     if not 1 < subset <= min(len(samples), len(reference_features)):
-        raise ValueError(f"kid_subset_size must be in [2, {min(len(samples), len(reference_features))}] "
-                         f"(the smaller set size), got {subset}")
+        raise ValueError(
+            f"kid_subset_size must be in [2, {min(len(samples), len(reference_features))}] "
+            f"(the smaller set size), got {subset}"
+        )
 
-    fid = fid_statistics_to_metric(fid_features_to_statistics(features[layer]),
-                                   fid_features_to_statistics(reference_features), verbose=False)
+    if npz is None:
+        fid = fid_statistics_to_metric(
+            fid_features_to_statistics(features[layer]), fid_features_to_statistics(reference_features), verbose=False
+        )
+    else:
+        fid = _fid_against_statistics(features[layer], npz, feature_extractor, layer)
     splits = min(ISC_SPLITS, len(samples))  # torch-fidelity returns NaN for a split with no sample
     isc = isc_features_to_metric(features[logits_layer], splits=splits, rng_seed=seed)
-    kid = kid_features_to_metric(features[layer], reference_features, kid_subsets=KID_SUBSETS,
-                                 kid_subset_size=subset, rng_seed=seed, verbose=False)
+    kid = kid_features_to_metric(
+        features[layer],
+        reference_features,
+        kid_subsets=KID_SUBSETS,
+        kid_subset_size=subset,
+        rng_seed=seed,
+        verbose=False,
+    )
     # torch-fidelity's convention: input 1 is generated, input 2 is real.
-    prc = prc_features_to_metric(features[layer], reference_features, prc_neighborhood=PRC_NEIGHBORHOOD,
-                                 prc_batch_size=_PRC_BATCH, save_cpu_ram=True, verbose=False)
+    prc = prc_features_to_metric(
+        features[layer],
+        reference_features,
+        prc_neighborhood=PRC_NEIGHBORHOOD,
+        prc_batch_size=_PRC_BATCH,
+        save_cpu_ram=True,
+        verbose=False,
+    )
 
     class_accuracy = None
     if labels is not None and feature_extractor == feature_net.EXTRACTOR_NAME:
         class_accuracy = (features[logits_layer].argmax(dim=1) == labels).float().mean().item()
 
+    provenance = {
+        **_extractor_provenance(feature_extractor, weights_sha, layer, len(samples)),
+        "isc_feature": logits_layer,
+        "reference": description,
+        "num_reference": len(reference_features),
+        "kid_subset_size": subset,
+        "kid_subsets": KID_SUBSETS,
+        "isc_splits": splits,
+        "prc_neighborhood": PRC_NEIGHBORHOOD,
+        "seed": seed,
+    }
+    if npz is not None:
+        provenance["fid_reference"] = npz.description
     return {
         "fid": fid["frechet_inception_distance"],
         "is": isc["inception_score_mean"],
@@ -207,18 +257,44 @@ def compute_metrics(
         "precision": prc["precision"],
         "recall": prc["recall"],
         "class_accuracy": class_accuracy,
-        "provenance": {
-            **_extractor_provenance(feature_extractor, weights_sha, layer, len(samples)),
-            "isc_feature": logits_layer,
-            "reference": description,
-            "num_reference": len(reference_features),
-            "kid_subset_size": subset,
-            "kid_subsets": KID_SUBSETS,
-            "isc_splits": splits,
-            "prc_neighborhood": PRC_NEIGHBORHOOD,
-            "seed": seed,
-        },
+        "provenance": provenance,
     }
+
+
+@dataclass(frozen=True)
+class NpzStatistics:
+    """The precomputed FID statistics of a reference batch, as float64, and where they come from."""
+
+    path: Path
+    mu: np.ndarray
+    sigma: np.ndarray
+    description: str
+
+
+def load_npz_statistics(npz_path: str | Path) -> NpzStatistics:
+    """The ``mu``/``sigma`` of a reference batch ``.npz``; FileNotFoundError / ValueError if it has none."""
+    npz_path = Path(npz_path)
+    if not npz_path.is_file():
+        raise FileNotFoundError(f"reference batch not found: {npz_path}")
+    with np.load(npz_path) as batch:
+        if "mu" not in batch or "sigma" not in batch:
+            raise ValueError(f"{npz_path} holds no 'mu'/'sigma' statistics (keys: {', '.join(batch.files)})")
+        mu, sigma = batch["mu"].astype(np.float64), batch["sigma"].astype(np.float64)
+    digest = file_sha256(npz_path)
+    return NpzStatistics(npz_path, mu, sigma, f"precomputed mu/sigma of {npz_path.name} (sha256 {digest[:16]})")
+
+
+def _fid_against_statistics(
+    features: torch.Tensor, npz: NpzStatistics, feature_extractor: str, layer: str
+) -> dict[str, Any]:
+    """torch-fidelity's FID result for ``features`` against the statistics of ``npz``."""
+    if features.shape[1] != npz.mu.shape[0]:
+        raise ValueError(
+            f"{npz.path} has {npz.mu.shape[0]}-d statistics but {feature_extractor!r} "
+            f"gives {features.shape[1]}-d {layer!r} features"
+        )
+    statistics = {key: value.astype(np.float64) for key, value in fid_features_to_statistics(features).items()}
+    return fid_statistics_to_metric(statistics, {"mu": npz.mu, "sigma": npz.sigma}, verbose=False)
 
 
 def fid_against_npz(
@@ -234,35 +310,26 @@ def fid_against_npz(
     ``inception-v3-compat`` reproduces; any extractor whose FID feature has the npz's
     dimension works.
     """
-    npz_path = Path(npz_path)
-    if not npz_path.is_file():
-        raise FileNotFoundError(f"reference batch not found: {npz_path}")
-    with np.load(npz_path) as batch:
-        if "mu" not in batch or "sigma" not in batch:
-            raise ValueError(f"{npz_path} holds no 'mu'/'sigma' statistics (keys: {', '.join(batch.files)})")
-        reference = {"mu": batch["mu"].astype(np.float64), "sigma": batch["sigma"].astype(np.float64)}
+    npz = load_npz_statistics(npz_path)
     samples = to_nchw_uint8(samples)
     layer = _default_layer(feature_extractor, "fid")
-    features = extract_features(samples, feature_extractor, [layer],
-                                feature_extractor_weights_path=feature_extractor_weights_path)[layer]
-    if features.shape[1] != reference["mu"].shape[0]:
-        raise ValueError(f"{npz_path} has {reference['mu'].shape[0]}-d statistics but {feature_extractor!r} "
-                         f"gives {features.shape[1]}-d {layer!r} features")
-    statistics = {key: value.astype(np.float64) for key, value in fid_features_to_statistics(features).items()}
-    fid = fid_statistics_to_metric(statistics, reference, verbose=False)["frechet_inception_distance"]
+    features = extract_features(
+        samples, feature_extractor, [layer], feature_extractor_weights_path=feature_extractor_weights_path
+    )[layer]
+    fid = _fid_against_statistics(features, npz, feature_extractor, layer)["frechet_inception_distance"]
     weights_sha = extractor_weights_sha256(feature_extractor, feature_extractor_weights_path)
     return {
         "fid": fid,
         "provenance": {
             **_extractor_provenance(feature_extractor, weights_sha, layer, len(samples)),
-            "reference": f"precomputed mu/sigma of {npz_path.name} "
-                         f"(sha256 {hashlib.sha256(npz_path.read_bytes()).hexdigest()[:16]})",
+            "reference": npz.description,
         },
     }
 
 
-def _extractor_provenance(feature_extractor: str, weights_sha256: str | None, feature: str,
-                          num_samples: int) -> dict[str, Any]:
+def _extractor_provenance(
+    feature_extractor: str, weights_sha256: str | None, feature: str, num_samples: int
+) -> dict[str, Any]:
     return {
         "feature_extractor": feature_extractor,
         "feature_extractor_weights_sha256": weights_sha256,

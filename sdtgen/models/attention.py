@@ -166,4 +166,3 @@ class SpatialDecayAttention(nn.Module):
             image = v.transpose(1, 2).reshape(batch, tokens, dim).transpose(1, 2).reshape(batch, dim, *grid)
             out = out + self.lepe(image).flatten(2).transpose(1, 2)
         return self.proj(out)
-

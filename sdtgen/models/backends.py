@@ -15,7 +15,7 @@ and the (height, width) token grid in row-major order.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,14 +28,18 @@ BACKENDS = ("auto", "math", "sdpa", "flex", "folded")
 Grid = tuple[int, int]
 
 
-def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid) -> torch.Tensor:
+def attention_math(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid
+) -> torch.Tensor:
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
     if lam is not None:
         scores = scores + decay_bias(lam, grid).to(scores.dtype)
     return scores.softmax(dim=-1) @ v
 
 
-def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid) -> torch.Tensor:
+def attention_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid
+) -> torch.Tensor:
     mask = None if lam is None else decay_bias(lam, grid).to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -62,8 +66,14 @@ def _flex_attention() -> Callable:
     return _compiled_flex
 
 
-def attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid) -> torch.Tensor:
-    if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or (lam is not None and lam.requires_grad)):
+def attention_flex(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid
+) -> torch.Tensor:
+    if (
+        q.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and (q.requires_grad or (lam is not None and lam.requires_grad))
+    ):
         raise RuntimeError(
             "attention_backend='flex' cannot train on CPU: FlexAttention's backward is not supported "
             "on CPU in this torch. Use attention_backend='auto' or 'sdpa' for CPU training "
@@ -85,7 +95,9 @@ def attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch
     return _flex_attention()(q, k, v, score_mod=add_decay)
 
 
-def attention_folded_or_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid) -> torch.Tensor:
+def attention_folded_or_mask(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid
+) -> torch.Tensor:
     """The folded backend; grids whose features would pass the kernels' head-size limit fall back
     to FlexAttention on CUDA (no N x N tensor) and to SDPA with the mask elsewhere."""
     if lam is not None and folded_head_dim(q.shape[-1], grid, is_token_constant(lam)) > MAX_FOLDED_HEAD_DIM:
@@ -94,7 +106,12 @@ def attention_folded_or_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return attention_folded(q, k, v, lam, grid)
 
 
-_BACKEND_FUNCTIONS = {"math": attention_math, "sdpa": attention_sdpa, "flex": attention_flex, "folded": attention_folded_or_mask}
+_BACKEND_FUNCTIONS = {
+    "math": attention_math,
+    "sdpa": attention_sdpa,
+    "flex": attention_flex,
+    "folded": attention_folded_or_mask,
+}
 
 
 # `auto` on CPU, from benchmarks/bench_model.py (docs/benchmarks.md: training steps on a

@@ -44,7 +44,15 @@ class Mlp(nn.Module):
 class DiTBlock(nn.Module):
     """A DiT block with adaLN-Zero conditioning and spatial-decay self-attention."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, norm_eps: float, mlp_norm_eps: float, **attention_kwargs) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_ratio: float,
+        norm_eps: float,
+        mlp_norm_eps: float,
+        **attention_kwargs,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
         self.attn = SpatialDecayAttention(hidden_size, num_heads, **attention_kwargs)
@@ -127,17 +135,24 @@ class SDTDiT(ModelMixin, ConfigMixin):
         # A frozen parameter, as in DiT: it is part of the state dict and of DiT's parameter counts.
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], hidden_size), requires_grad=False)
         attention_kwargs = dict(
-            attention=attention, backend=attention_backend, decay_init=decay_init, decay_range=decay_range,
-            decay_scale_init=decay_scale_init, rope=rope, lepe=lepe, qk_norm=qk_norm,
+            attention=attention,
+            backend=attention_backend,
+            decay_init=decay_init,
+            decay_range=decay_range,
+            decay_scale_init=decay_scale_init,
+            rope=rope,
+            lepe=lepe,
+            qk_norm=qk_norm,
         )
         self.blocks = nn.ModuleList(
-            DiTBlock(hidden_size, num_heads, mlp_ratio, norm_eps, mlp_norm_eps, **attention_kwargs) for _ in range(depth)
+            DiTBlock(hidden_size, num_heads, mlp_ratio, norm_eps, mlp_norm_eps, **attention_kwargs)
+            for _ in range(depth)
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, norm_eps)
         self.initialize_weights()
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "SDTDiT":
+    def from_preset(cls, name: str, **overrides) -> SDTDiT:
         """Build a model of DiT's sizes: "S/2", "B/4", "XL/2", ... (size / patch).
 
         Defaults are DiT's ImageNet-256 setting (32x32x4 latents, 1000 classes, learned
@@ -147,7 +162,15 @@ class SDTDiT(ModelMixin, ConfigMixin):
         if size not in MODEL_SIZES or not patch.isdigit() or int(patch) not in PATCH_SIZES:
             raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
         depth, hidden_size, num_heads = MODEL_SIZES[size]
-        return cls(**{"depth": depth, "hidden_size": hidden_size, "num_heads": num_heads, "patch_size": int(patch), **overrides})
+        return cls(
+            **{
+                "depth": depth,
+                "hidden_size": hidden_size,
+                "num_heads": num_heads,
+                "patch_size": int(patch),
+                **overrides,
+            }
+        )
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
@@ -198,9 +221,13 @@ class SDTDiT(ModelMixin, ConfigMixin):
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(batch)
         if timesteps.shape != (batch,):
-            raise ValueError(f"Expected {batch} timesteps (one per sample) or a scalar, got shape {tuple(timesteps.shape)}.")
+            raise ValueError(
+                f"Expected {batch} timesteps (one per sample) or a scalar, got shape {tuple(timesteps.shape)}."
+            )
         if class_labels.shape != (batch,) or class_labels.dtype.is_floating_point:
-            raise ValueError(f"Expected {batch} integer class labels, got shape {tuple(class_labels.shape)} ({class_labels.dtype}).")
+            raise ValueError(
+                f"Expected {batch} integer class labels, got shape {tuple(class_labels.shape)} ({class_labels.dtype})."
+            )
         highest = cfg.num_classes if cfg.class_dropout_prob > 0 else cfg.num_classes - 1
         # The range check reads the labels' values: free on CPU, a host sync per forward on an
         # accelerator (and a graph break under torch.compile). There the labels are checked

@@ -89,7 +89,9 @@ def fold_decay(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, grid: Grid) 
     return F.pad(q_folded, (0, pad)), F.pad(k_folded, (0, pad))
 
 
-def attention_folded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid) -> torch.Tensor:
+def attention_folded(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid
+) -> torch.Tensor:
     """softmax(q k^T / sqrt(D) + M) v through SDPA with the decay folded into q and k."""
     if lam is None:
         return F.scaled_dot_product_attention(q, k, v)

@@ -10,7 +10,7 @@ Layout of `<output_dir>/checkpoints/checkpoint-<step>/`:
                            none from them; kept for code that does)
     trainer_state.json     step, samples seen, config fingerprint
 
-The step's data and random draws are functions of (seed, step) (training/batches.py), so
+The step's data and random draws are functions of (seed, step) (training/randomness.py), so
 the step alone restores the data position.
 
 Crash safety: a save writes `.tmp-checkpoint-<step>/`, trainer_state.json last (so its
@@ -29,43 +29,35 @@ import json
 import logging
 import os
 import pickle
-import re
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from sdtgen.runs import (
+    MODEL_DIR,
+    TRAINER_STATE_FILE,
+    check_finite_weights,
+    checkpoint_name,
+    is_complete_checkpoint,
+    list_checkpoints,
+)
+
 logger = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^checkpoint-(\d+)$")
-_TMP_PREFIX = ".tmp-checkpoint-"  # being written; complete once it holds _COMPLETE
+_TMP_PREFIX = ".tmp-checkpoint-"  # being written; complete once it holds TRAINER_STATE_FILE
 _OLD_PREFIX = ".old-checkpoint-"  # a replaced checkpoint, deleted once its replacement is in
 _DOOMED_PREFIX = ".del-checkpoint-"  # pruned by keep_checkpoints, being deleted
-_COMPLETE = "trainer_state.json"  # written last: its presence marks a complete copy
-
-
-def _is_complete(folder: Path) -> bool:
-    return (folder / _COMPLETE).is_file()
-
-
-def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    folder = Path(checkpoints_dir)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _NAME.match(p.name)) and _is_complete(p)]
-    return [p for _, p in sorted(found)]
 
 
 def _final_name(folder: Path, prefix: str) -> Path:
-    return folder.with_name("checkpoint-" + folder.name[len(prefix):])
+    return folder.with_name("checkpoint-" + folder.name[len(prefix) :])
 
 
 def _prefixed(checkpoint: Path, prefix: str) -> Path:
     """The name of `checkpoint-<step>` moved aside under `prefix` (the inverse of _final_name)."""
-    return checkpoint.with_name(prefix + checkpoint.name[len("checkpoint-"):])
+    return checkpoint.with_name(prefix + checkpoint.name[len("checkpoint-") :])
 
 
 def _rename(source: Path, target: Path) -> bool:
@@ -91,12 +83,12 @@ def recover(checkpoints_dir: str | Path) -> list[str]:
     for prefix, kind in ((_TMP_PREFIX, "complete temporary copy"), (_OLD_PREFIX, "copy moved aside")):
         for copy in sorted(folder.glob(prefix + "*")):
             final = _final_name(copy, prefix)
-            if _is_complete(copy) and not _is_complete(final):
+            if is_complete_checkpoint(copy) and not is_complete_checkpoint(final):
                 if final.exists():  # half-deleted in place by an older sdtgen's re-save
                     _delete(final)
                 if _rename(copy, final):
                     recovered.append(f"{final.name} recovered from its {kind} {copy.name}")
-            if _is_complete(final) or not _is_complete(copy):
+            if is_complete_checkpoint(final) or not is_complete_checkpoint(copy):
                 shutil.rmtree(copy, ignore_errors=True)  # superseded, or a save that never finished
     for doomed in folder.glob(_DOOMED_PREFIX + "*"):
         shutil.rmtree(doomed, ignore_errors=True)
@@ -114,7 +106,7 @@ def resolve_resume(resume: str | None, checkpoints_dir: str | Path) -> Path | No
         found = list_checkpoints(checkpoints_dir)
         return found[-1] if found else None
     path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
+    if not is_complete_checkpoint(path):
         raise FileNotFoundError(
             f"train.resume={resume!r} is not a checkpoint folder (no trainer_state.json in it). "
             "Use train.resume=latest or a <output_dir>/checkpoints/checkpoint-<step> folder."
@@ -130,27 +122,43 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def save_checkpoint(
-    checkpoints_dir: str | Path, step: int, *, ema_model, training_model, optimizer, scaler, trainer_state: dict,
+    checkpoints_dir: str | Path,
+    step: int,
+    *,
+    ema_model,
+    training_model,
+    optimizer,
+    scaler,
+    trainer_state: dict,
     keep: int,
 ) -> Path:
     """Write checkpoint-<step> atomically (main process only) and keep the newest `keep`."""
     checkpoints_dir = Path(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     recover(checkpoints_dir)
-    final = checkpoints_dir / f"checkpoint-{step}"
+    final = checkpoints_dir / checkpoint_name(step)
     tmp = checkpoints_dir / f"{_TMP_PREFIX}{step}"
     try:
         tmp.mkdir()
-        ema_model.save_pretrained(tmp / "model")
-        save_file({k: v.detach().contiguous().cpu() for k, v in training_model.state_dict().items()}, tmp / "training_model.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
+        ema_model.save_pretrained(tmp / MODEL_DIR)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in training_model.state_dict().items()},
+            tmp / "training_model.safetensors",
+        )
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None},
+            tmp / "optimizer.pt",
+        )
         save_file(_rng_states(), tmp / "rng.safetensors")
         _fsync_tree(tmp)
-        _write_synced(tmp / _COMPLETE, json.dumps(trainer_state, indent=2))
+        _write_synced(tmp / TRAINER_STATE_FILE, json.dumps(trainer_state, indent=2))
         _swap_in(tmp, final)
     except OSError as error:  # disk full, quota, I/O: say which save failed and that nothing is lost
-        raise OSError(error.errno, f"Could not save {final} ({error.strerror or error}); the checkpoints before it "
-                      "are intact: fix the cause and resume with train.resume=latest.") from error
+        raise OSError(
+            error.errno,
+            f"Could not save {final} ({error.strerror or error}); the checkpoints before it "
+            "are intact: fix the cause and resume with train.resume=latest.",
+        ) from error
     for old in list_checkpoints(checkpoints_dir)[:-keep] if keep > 0 else []:
         _delete(old)
     return final
@@ -203,19 +211,11 @@ def load_training_state(checkpoint: Path) -> tuple[dict, dict, dict]:
     try:
         weights = load_file(checkpoint / "training_model.safetensors")
         optim = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
         reason = " ".join(str(error).split())[:300]
-        raise RuntimeError(f"Checkpoint {checkpoint} is unreadable ({reason}). Delete it to resume from the one before.") from error
+        raise RuntimeError(
+            f"Checkpoint {checkpoint} is unreadable ({reason}). Delete it to resume from the one before."
+        ) from error
     check_finite_weights(weights, checkpoint / "training_model.safetensors")
     return weights, optim, state
-
-
-def check_finite_weights(tensors: Mapping[str, torch.Tensor], source: str | Path) -> None:
-    """ValueError naming `source` if a weight is NaN or inf: such a model samples black images silently.
-
-    One reduction per tensor, cheap next to reading it.
-    """
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(f"{source} holds non-finite weights (NaN or inf in {name}); use another checkpoint.")

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("auto", "no", "bf16", "fp16")
-
 
 def cpu_has_fast_bf16() -> bool:
     """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""

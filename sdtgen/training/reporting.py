@@ -6,43 +6,40 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
-from sdtgen.diffusion.sampling import sample_latents, sample_seed
-
-
-def grid_image(images: torch.Tensor, rows: int, row_labels: list[str] | None = None, pad: int = 2, scale: int = 2) -> Image.Image:
-    """(N, C, H, W) images in [-1, 1] as a PIL grid of `rows` rows, with names on the left."""
-    images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    n, _, h, w = images.shape
-    cols = -(-n // rows)
-    label_width = 8 + 7 * max((len(name) for name in row_labels), default=0) if row_labels else 0
-    sheet = Image.new("RGB", (label_width + cols * (w * scale + pad) + pad, rows * (h * scale + pad) + pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, image in enumerate(images):
-        r, c = divmod(i, cols)
-        tile = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((w * scale, h * scale), Image.NEAREST)
-        sheet.paste(tile, (label_width + pad + c * (w * scale + pad), pad + r * (h * scale + pad)))
-    for r, name in enumerate(row_labels or []):
-        draw.text((4, pad + r * (h * scale + pad) + h * scale // 2 - 5), name, fill="black")
-    return sheet
+from sdtgen.diffusion.sampling import Guidance
+from sdtgen.generation import generate, grid_image
+from sdtgen.pipeline import SDTPipeline
+from sdtgen.vae import LatentVAE
 
 
 @torch.no_grad()
-def save_sample_grid(model, vae, class_names: list[str], path: Path, *, objective: str, sampler: str | None,
-                     steps: int | None, cfg: float, per_class: int, seed: int, classes: list[int] | None = None) -> Path:
+def save_sample_grid(
+    model,
+    vae: LatentVAE,
+    class_names: list[str],
+    path: Path,
+    *,
+    objective: str,
+    sampler: str | None,
+    steps: int | None,
+    cfg: float,
+    per_class: int,
+    seed: int,
+    classes: list[int] | None = None,
+) -> Path:
     """Sample `per_class` images of each class in `classes` (default all), one row per class.
 
-    Seeds are fixed, so the grids of one run show the same noise and are comparable.
+    Sample i of the grid has seed sample_seed(seed, i), so the grids of one run show the
+    same noise and are comparable, and `sdtgen sample` redraws them.
     """
     classes = list(range(len(class_names))) if classes is None else list(classes)
-    labels = torch.tensor(classes).repeat_interleave(per_class)
-    seeds = [sample_seed(seed, i) for i in range(len(labels))]
+    labels = [c for c in classes for _ in range(per_class)]
     model.eval()
-    latents = sample_latents(model, labels, seeds, objective=objective, sampler=sampler, steps=steps, cfg=cfg)
-    images = vae.decode(latents)
+    pipe = SDTPipeline.from_model(model, vae, objective=objective, sampler=sampler)
+    images = generate(
+        pipe, labels, range(len(labels)), seed=seed, batch_size=len(labels), steps=steps, guidance=Guidance(cfg)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     grid_image(images, rows=len(classes), row_labels=[class_names[c] for c in classes]).save(path)
     return path

@@ -1,7 +1,7 @@
 """The training loop: Accelerate, AdamW, EMA, atomic checkpoints and exact resume.
 
 One optimizer step consumes `train.global_batch_size` samples whatever the number of
-processes: each process takes its share of the global batch (training/batches.py) and, if
+processes: each process takes its share of the global batch (training/randomness.py) and, if
 `train.micro_batch_size` is smaller, accumulates gradients over micro-batches. DDP averages
 the shares' gradients, so N processes compute the update of one process with the same
 global batch.
@@ -22,15 +22,24 @@ from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from sdtgen.config import RunConfig, config_to_dict, save_config
 from sdtgen.diffusion import make_objective
-from sdtgen.loading import process_state
+from sdtgen.distributed import process_state
 from sdtgen.models.dit import SDTDiT
+from sdtgen.runs import (
+    CHECKPOINTS_DIR,
+    CLASS_NAMES_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    MODEL_DIR,
+    TRAINER_STATE_FILE,
+    checkpoint_name,
+)
 from sdtgen.training import checkpoint as ckpt
-from sdtgen.training.batches import EpochOrder, draw_step_randomness, init_seed
-from sdtgen.training.config import RunConfig, config_to_dict, save_config
-from sdtgen.training.data import TrainingData, prepare_training_data
+from sdtgen.training.data import prepare_training_data
 from sdtgen.training.ema import EMA
 from sdtgen.training.precision import resolve_mixed_precision
+from sdtgen.training.randomness import EpochOrder, StepKeys, StepRandomness, draw_step_randomness, init_seed
 from sdtgen.training.reporting import save_loss_plot, save_sample_grid
 
 
@@ -50,11 +59,25 @@ def build_model(config: RunConfig, num_classes: int, latent_shape: tuple[int, in
         model.set_attention_backend(m.attention_backend)
     else:
         learn_sigma = (config.objective == "ddpm") if m.learn_sigma is None else m.learn_sigma
-        overrides = {k: v for k, v in (("depth", m.depth), ("hidden_size", m.hidden_size), ("num_heads", m.num_heads)) if v is not None}
+        overrides = {
+            k: v
+            for k, v in (("depth", m.depth), ("hidden_size", m.hidden_size), ("num_heads", m.num_heads))
+            if v is not None
+        }
         model = SDTDiT.from_preset(
-            m.preset, attention=m.attention, attention_backend=m.attention_backend, input_size=latent_shape[1],
-            in_channels=latent_shape[0], num_classes=num_classes, learn_sigma=learn_sigma, mlp_ratio=m.mlp_ratio,
-            class_dropout_prob=m.class_dropout_prob, rope=m.rope, lepe=m.lepe, qk_norm=m.qk_norm, **overrides,
+            m.preset,
+            attention=m.attention,
+            attention_backend=m.attention_backend,
+            input_size=latent_shape[1],
+            in_channels=latent_shape[0],
+            num_classes=num_classes,
+            learn_sigma=learn_sigma,
+            mlp_ratio=m.mlp_ratio,
+            class_dropout_prob=m.class_dropout_prob,
+            rope=m.rope,
+            lepe=m.lepe,
+            qk_norm=m.qk_norm,
+            **overrides,
         )
     if m.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -82,7 +105,9 @@ class Trainer:
         t = config.train
         # process_state() also stops a CPU launch whose processes did not join into one job.
         t.mixed_precision = resolve_mixed_precision(t.mixed_precision, process_state().device)  # config.yaml records it
-        self.accelerator = Accelerator(mixed_precision=t.mixed_precision, log_with=_tensorboard_if_installed(), project_dir=config.output_dir)
+        self.accelerator = Accelerator(
+            mixed_precision=t.mixed_precision, log_with=_tensorboard_if_installed(), project_dir=config.output_dir
+        )
         self.device = self.accelerator.device
         if self.device.type == "cuda" and t.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -93,15 +118,21 @@ class Trainer:
             torch.set_num_threads(t.cpu_threads or max(1, (os.cpu_count() or 1) // self.accelerator.num_processes))
         set_seed(config.seed)  # for third-party code; sdtgen's own draws use the streams below
         self.out = Path(config.output_dir)
-        self.checkpoints = self.out / "checkpoints"
+        self.checkpoints = self.out / CHECKPOINTS_DIR
         world = self.accelerator.num_processes
         if t.global_batch_size % world:
-            raise ValueError(f"train.global_batch_size={t.global_batch_size} must divide evenly over {world} processes; "
-                             f"use a multiple of {world}.")
+            raise ValueError(
+                f"train.global_batch_size={t.global_batch_size} must divide evenly over {world} processes; "
+                f"use a multiple of {world}."
+            )
         self.share = t.global_batch_size // world
+        rank = self.accelerator.process_index
+        self.positions = slice(rank * self.share, (rank + 1) * self.share)  # this process's part of each global batch
         self.micro = t.micro_batch_size or self.share
         if self.share % self.micro:
-            raise ValueError(f"Each process's share ({self.share}) must be a multiple of train.micro_batch_size={self.micro}.")
+            raise ValueError(
+                f"Each process's share ({self.share}) must be a multiple of train.micro_batch_size={self.micro}."
+            )
 
         self.data, self.vae = prepare_training_data(config, self.accelerator)
         # Initialise from a generator of the seed alone: extracting the latent cache first (or
@@ -132,57 +163,75 @@ class Trainer:
         weights, optim, state = ckpt.load_training_state(checkpoint)
         model.load_state_dict(weights)
         optimizer.load_state_dict(optim["optimizer"])
-        ema_file = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
+        ema_file = checkpoint / MODEL_DIR / "diffusion_pytorch_model.safetensors"
         ema_weights = load_file(ema_file)
         ckpt.check_finite_weights(ema_weights, ema_file)
         self.ema.model.load_state_dict(ema_weights)
         ckpt.restore_rng_state(checkpoint)
-        if state.get("global_batch_size") != self.config.train.global_batch_size or state.get("seed") != self.config.seed:
+        if (
+            state.get("global_batch_size") != self.config.train.global_batch_size
+            or state.get("seed") != self.config.seed
+        ):
             raise ValueError(
                 f"Cannot resume {checkpoint}: it was trained with seed {state.get('seed')} and global batch "
                 f"{state.get('global_batch_size')}, this run asks for seed {self.config.seed} and global batch "
                 f"{self.config.train.global_batch_size}; the data order would change."
             )
         if self.accelerator.is_main_process:
-            _truncate_log(self.out / "log.jsonl", state["step"])
+            _truncate_log(self.out / LOG_FILE, state["step"])
             self.accelerator.print(f"Resumed from {checkpoint} at step {state['step']}.")
         return int(state["step"]), optim.get("scaler")
 
     def save(self, step: int) -> Path:
         if self.accelerator.is_main_process:
             scaler = self.accelerator.scaler
-            state = {"step": step, "seed": self.config.seed, "global_batch_size": self.config.train.global_batch_size,
-                     "samples_seen": step * self.config.train.global_batch_size, "num_processes": self.accelerator.num_processes, "epoch": self.order.epoch_of(step),
-                     "config": config_to_dict(self.config)}
-            ckpt.save_checkpoint(self.checkpoints, step, ema_model=self.ema.model, training_model=self.accelerator.unwrap_model(self.model),
-                                 optimizer=self.optimizer.optimizer, scaler=scaler, trainer_state=state, keep=self.config.train.keep_checkpoints)
+            state = {
+                "step": step,
+                "seed": self.config.seed,
+                "global_batch_size": self.config.train.global_batch_size,
+                "samples_seen": step * self.config.train.global_batch_size,
+                "num_processes": self.accelerator.num_processes,
+                "epoch": self.order.epoch_of(step),
+                "config": config_to_dict(self.config),
+            }
+            ckpt.save_checkpoint(
+                self.checkpoints,
+                step,
+                ema_model=self.ema.model,
+                training_model=self.accelerator.unwrap_model(self.model),
+                optimizer=self.optimizer.optimizer,
+                scaler=scaler,
+                trainer_state=state,
+                keep=self.config.train.keep_checkpoints,
+            )
         self.accelerator.wait_for_everyone()
-        return self.checkpoints / f"checkpoint-{step}"
+        return self.checkpoints / checkpoint_name(step)
 
     # ---------------------------------------------------------------- the step
-    def _keys_for(self, step: int, flips: torch.Tensor) -> list[tuple[int, bool]]:
-        rank = self.accelerator.process_index
-        indices = self.order.indices(step)[rank * self.share : (rank + 1) * self.share]
-        return [(int(i), bool(f)) for i, f in zip(indices, flips[rank * self.share : (rank + 1) * self.share].cpu())]
-
-    def _randomness(self, step: int):
+    def _randomness(self, step: int) -> StepRandomness:
         cfg = self.config
-        return draw_step_randomness(self.objective, cfg.seed, step, cfg.train.global_batch_size, self.data.latent_shape,
-                                    self.accelerator.unwrap_model(self.model).config.class_dropout_prob, self.device)
+        return draw_step_randomness(
+            self.objective,
+            cfg.seed,
+            step,
+            cfg.train.global_batch_size,
+            self.data.latent_shape,
+            self.accelerator.unwrap_model(self.model).config.class_dropout_prob,
+            self.device,
+        )
 
-    def train_step(self, step: int, batch, randomness) -> dict[str, torch.Tensor]:
+    def train_step(self, step: int, batch, randomness: StepRandomness) -> dict[str, torch.Tensor]:
         """One optimizer step on this process's share of the global batch.
 
         Returns this process's loss sums and the gradient norm as device tensors, unread:
         reading them waits for the device, so the loop does it only on steps that log.
         """
         t = self.config.train
-        rank = self.accelerator.process_index
-        mine = randomness.slice(rank * self.share, (rank + 1) * self.share)
+        mine = randomness.slice(self.positions)
         mean, logvar, labels = self.data.moments(batch, self.vae, self.device)
         null_class = self.accelerator.unwrap_model(self.model).config.num_classes
         labels = torch.where(mine.drop_labels, torch.full_like(labels, null_class), labels)
-        x0 = self.vae.scale_latent(mean + torch.exp(0.5 * logvar) * mine.latent_eps)
+        x0 = self.vae.sample_latent(mean, logvar, noise=mine.latent_eps)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, step)
         totals: dict[str, float] = {}
@@ -192,7 +241,9 @@ class Trainer:
             sync = n == len(starts) - 1
             with self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext():
                 with self.accelerator.autocast():
-                    losses = self.objective.training_losses(self.forward, x0[part], labels[part], noise=mine.noise[part], t=mine.times[part])
+                    losses = self.objective.training_losses(
+                        self.forward, x0[part], labels[part], noise=mine.noise[part], t=mine.times[part]
+                    )
                 self.accelerator.backward(losses["loss"].mean() * (self.micro / self.share))
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value.detach().float().sum()
@@ -210,7 +261,10 @@ class Trainer:
         """Global per-sample means of a step's losses (an all-reduce and a host sync)."""
         totals = dict(totals)
         grad_norm = totals.pop("grad_norm", None)
-        stats = {key: self.accelerator.reduce(value, "sum").item() / self.config.train.global_batch_size for key, value in totals.items()}
+        stats = {
+            key: self.accelerator.reduce(value, "sum").item() / self.config.train.global_batch_size
+            for key, value in totals.items()
+        }
         if grad_norm is not None:
             stats["grad_norm"] = float(grad_norm)
         return stats
@@ -221,31 +275,34 @@ class Trainer:
         main = self.accelerator.is_main_process
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
-            (self.out / "class_names.json").write_text(json.dumps(self.data.class_names))
+            save_config(cfg, self.out / CONFIG_FILE)
+            (self.out / CLASS_NAMES_FILE).write_text(json.dumps(self.data.class_names))
         self.accelerator.init_trackers("tensorboard")
         step = self.start_step
         if step >= t.max_steps:
             # A run killed after its final checkpoint but before its grid and loss plot finishes
             # them now; the main process decides for all, as sample_grid waits for everyone.
-            written = [main and _final_outputs_written(self.out, self.checkpoints / f"checkpoint-{step}")]
+            written = [main and _final_outputs_written(self.out, self.checkpoints / checkpoint_name(step))]
             broadcast_object_list(written)
             if not written[0]:
                 self.sample_grid(step)
                 if main:
-                    save_loss_plot(self.out / "log.jsonl", self.out / "loss.png")
+                    save_loss_plot(self.out / LOG_FILE, self.out / "loss.png")
             self.accelerator.print(
-                f"Nothing to do: the run is already at step {step} >= train.max_steps={t.max_steps}." if written[0]
-                else f"The run is already at step {step}; wrote its missing sample grid and loss plot.")
+                f"Nothing to do: the run is already at step {step} >= train.max_steps={t.max_steps}."
+                if written[0]
+                else f"The run is already at step {step}; wrote its missing sample grid and loss plot."
+            )
             return self.out
-        randomness: dict = {}
-        keys = _StepKeys(self, step, t.max_steps, randomness)
+        # The loader yields the batches of steps step, step + 1, ... in order (its keys are a
+        # function of the step alone); the loop draws each step's other random numbers.
+        keys = StepKeys(self.order, step, t.max_steps, self.positions, self.device)
         loader = self.data.loader(keys, num_workers=cfg.data.num_workers)
         bar = tqdm(total=t.max_steps, initial=step, desc="training", disable=not main, dynamic_ncols=True)
         window_start, window_images = time.perf_counter(), 0
-        log = open(self.out / "log.jsonl", "a") if main else None
+        log = open(self.out / LOG_FILE, "a") if main else None
         for batch in loader:
-            totals = self.train_step(step, batch, randomness.pop(step))
+            totals = self.train_step(step, batch, self._randomness(step))
             step += 1
             window_images += t.global_batch_size
             logging = step % t.log_every == 0 or step == t.max_steps or self._eval_due(step)
@@ -253,12 +310,19 @@ class Trainer:
             if logging or saving:  # reading the losses waits for the device: only when they are used
                 stats = self.read_stats(totals)
                 if not math.isfinite(stats["loss"]):  # checked before any save, so no checkpoint holds it
-                    raise FloatingPointError(f"Loss became {stats['loss']} at step {step}; lower train.lr, enable train.grad_clip or use bf16 with model.qk_norm=true.")
+                    raise FloatingPointError(
+                        f"Loss became {stats['loss']} at step {step}; lower train.lr, enable train.grad_clip or use bf16 with model.qk_norm=true."
+                    )
             if logging:
                 evaluation = self.evaluate(step) if self._eval_due(step) else {}
                 speed = window_images / (time.perf_counter() - window_start)
-                record = {"step": step, **{k: round(v, 6) for k, v in stats.items()}, "lr": learning_rate(cfg, step - 1),
-                          "images_per_s": round(speed, 2), **evaluation}
+                record = {
+                    "step": step,
+                    **{k: round(v, 6) for k, v in stats.items()},
+                    "lr": learning_rate(cfg, step - 1),
+                    "images_per_s": round(speed, 2),
+                    **evaluation,
+                }
                 self.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
                 if log:
                     log.write(json.dumps(record) + "\n")
@@ -275,7 +339,7 @@ class Trainer:
             log.close()
         self.sample_grid(step)
         if main:
-            save_loss_plot(self.out / "log.jsonl", self.out / "loss.png")
+            save_loss_plot(self.out / LOG_FILE, self.out / "loss.png")
         self.accelerator.end_training()
         return self.out
 
@@ -292,14 +356,27 @@ class Trainer:
             from sdtgen.evaluation.evaluate import score_model
 
             s = self.config.sample
-            result = score_model(self.ema.model, self.vae, objective=self.config.objective, num_samples=self.config.train.eval_samples,
-                                 seed=self.config.seed, sampler=s.sampler, steps=self.config.train.eval_steps or s.steps, cfg=s.cfg)
-            metrics = {"eval_fid": round(result["fid"], 4), "eval_class_accuracy": round(result["class_accuracy"], 4),
-                       "eval_samples": self.config.train.eval_samples}
+            result = score_model(
+                self.ema.model,
+                self.vae,
+                objective=self.config.objective,
+                num_samples=self.config.train.eval_samples,
+                seed=self.config.seed,
+                sampler=s.sampler,
+                steps=self.config.train.eval_steps or s.steps,
+                cfg=s.cfg,
+            )
+            metrics = {
+                "eval_fid": round(result["fid"], 4),
+                "eval_class_accuracy": round(result["class_accuracy"], 4),
+                "eval_samples": self.config.train.eval_samples,
+            }
             if step == self.config.train.max_steps:
-                tqdm.write(f"Step {step}: FID {result['fid']:.2f} and class accuracy {result['class_accuracy']:.1%} on "
-                           f"{self.config.train.eval_samples} samples against the training split (built-in feature network; "
-                           "`sdtgen eval` for more samples).")
+                tqdm.write(
+                    f"Step {step}: FID {result['fid']:.2f} and class accuracy {result['class_accuracy']:.1%} on "
+                    f"{self.config.train.eval_samples} samples against the training split (built-in feature network; "
+                    "`sdtgen eval` for more samples)."
+                )
         self.accelerator.wait_for_everyone()
         return metrics
 
@@ -307,30 +384,20 @@ class Trainer:
         """A grid of `sample.per_class` EMA samples for every class, one row per class."""
         if self.accelerator.is_main_process:
             s = self.config.sample
-            save_sample_grid(self.ema.model, self.vae, self.data.class_names, self.out / "samples" / f"grid-{step:07d}.png",
-                             objective=self.config.objective, sampler=s.sampler, steps=s.steps, cfg=s.cfg, per_class=s.per_class,
-                             seed=self.config.seed, classes=s.classes)
+            save_sample_grid(
+                self.ema.model,
+                self.vae,
+                self.data.class_names,
+                self.out / "samples" / f"grid-{step:07d}.png",
+                objective=self.config.objective,
+                sampler=s.sampler,
+                steps=s.steps,
+                cfg=s.cfg,
+                per_class=s.per_class,
+                seed=self.config.seed,
+                classes=s.classes,
+            )
         self.accelerator.wait_for_everyone()
-
-
-class _StepKeys:
-    """A batch sampler yielding, for each remaining step, this process's (index, flip) keys.
-
-    It also draws each step's randomness (needed for the flip bits) and hands it to the
-    loop through `store`, so every random number is drawn once, in step order.
-    """
-
-    def __init__(self, trainer: Trainer, start: int, stop: int, store: dict) -> None:
-        self.trainer, self.start, self.stop, self.store = trainer, start, stop, store
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __iter__(self):
-        for step in range(self.start, self.stop):
-            randomness = self.trainer._randomness(step)
-            self.store[step] = randomness
-            yield self.trainer._keys_for(step, randomness.flips)
 
 
 def _tensorboard_if_installed() -> list[str] | None:
@@ -343,7 +410,7 @@ def _tensorboard_if_installed() -> list[str] | None:
 
 def _final_outputs_written(out: Path, checkpoint: Path) -> bool:
     """Whether loss.png, the last thing a run writes (after its grid), is newer than `checkpoint`."""
-    plot, state = out / "loss.png", checkpoint / "trainer_state.json"
+    plot, state = out / "loss.png", checkpoint / TRAINER_STATE_FILE
     return plot.is_file() and (not state.is_file() or plot.stat().st_mtime >= state.stat().st_mtime)
 
 

@@ -10,6 +10,7 @@ while hooks read each attention's log decay rates lam = |alpha_h| * logsigmoid(g
   far", small means "this token keeps attention local".
 
 A fixed (RMT) decay gives the same diamond for every image; SDT's bends with content.
+`draw_decay_maps` samples an image with a pipeline and draws both (`sdtgen inspect`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from pathlib import Path
 
 import torch
 
+from sdtgen.diffusion.sampling import Guidance, default_guidance
+from sdtgen.generation import generate
 from sdtgen.models.decay import decay_bias
+from sdtgen.pipeline import SDTPipeline
 
 
 @torch.no_grad()
@@ -40,7 +44,14 @@ def collect_log_decay(model, x: torch.Tensor, timestep: float, label: int) -> li
     return [lam.expand(lam.shape[0], model.grid[0] * model.grid[1]) for lam in captured]
 
 
-def render_decay_maps(image: torch.Tensor, lam: torch.Tensor, grid: tuple[int, int], token: tuple[int, int], path: str | Path, title: str = "") -> Path:
+def render_decay_maps(
+    image: torch.Tensor,
+    lam: torch.Tensor,
+    grid: tuple[int, int],
+    token: tuple[int, int],
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """A PNG: the image with the query token marked, then per head its decay map and gate map.
 
     `image` is (C, H, W) in [-1, 1]; `lam` (heads, tokens) of one block; `token` (row, col).
@@ -77,32 +88,37 @@ def render_decay_maps(image: torch.Tensor, lam: torch.Tensor, grid: tuple[int, i
     return path
 
 
-def inspect_checkpoint(ckpt: str | None, class_spec: str, out: str | Path, *, token: tuple[int, int] | None = None,
-                       block: int | None = None, timestep: float = 100.0, seed: int = 0, cfg: float | None = None,
-                       vae: str | None = None) -> Path:
-    """Generate one sample of `class_spec` from a checkpoint and render its decay maps to `out`.
+def draw_decay_maps(
+    pipe: SDTPipeline,
+    class_label: int | str,
+    out: str | Path,
+    *,
+    token: tuple[int, int] | None = None,
+    block: int | None = None,
+    timestep: float = 100.0,
+    seed: int = 0,
+    guidance: float | None = None,
+) -> Path:
+    """Generate one sample of `class_label` (an id or a name) with `pipe` and render its decay maps to `out`.
 
-    `block` defaults to the middle block, `token` to the grid's centre; `timestep` (0..1000,
+    The sample is sample 0 of a request with `seed`, drawn with the pipeline's sampler at
+    its default steps and guidance `guidance` (None: `default_guidance`). `block` defaults
+    to the middle block, `token` (row, col) to the grid's centre; `timestep` (0..1000,
     0 = clean) is the noise level at which the model reads the generated latent.
     """
-    from sdtgen.class_names import resolve_class
-    from sdtgen.diffusion.sampling import sample_latents, sample_seed
-    from sdtgen.loading import find_source, load_pipeline
-    from sdtgen.sampling_cli import check_finite
-
-    source = find_source(ckpt)
-    pipe = load_pipeline(source, vae=vae)
-    model = pipe.transformer.eval()
-    label = resolve_class(class_spec, pipe.class_names, model.config.num_classes)
+    model = pipe.transformer
+    label = pipe.get_label_ids([class_label])[0]
     block = len(model.blocks) // 2 if block is None else block
     if not 0 <= block < len(model.blocks):
-        raise ValueError(f"--block {block} is outside 0..{len(model.blocks) - 1}.")
+        raise ValueError(
+            f"Block {block} is outside 0..{len(model.blocks) - 1} (this model has {len(model.blocks)} blocks)."
+        )
     token = token or (model.grid[0] // 2, model.grid[1] // 2)
     if not (0 <= token[0] < model.grid[0] and 0 <= token[1] < model.grid[1]):
-        raise ValueError(f"--token {token[0]} {token[1]} is outside the {model.grid[0]}x{model.grid[1]} token grid.")
-    guidance = cfg if cfg is not None else (1.5 if model.config.class_dropout_prob > 0 else 1.0)
-    latent = sample_latents(model, torch.tensor([label]), [sample_seed(seed, 0)], objective=source.objective(), cfg=guidance)
-    check_finite(latent, "The sample to inspect")
+        raise ValueError(f"Token ({token[0]}, {token[1]}) is outside the {model.grid[0]}x{model.grid[1]} token grid.")
+    scale = default_guidance(model.config) if guidance is None else guidance
+    latent = generate(pipe, [label], [0], seed=seed, batch_size=1, guidance=Guidance(scale), output_type="latent")
+    latent = latent.to(model.device)
     image = pipe.latent_vae().decode(latent)[0]
     lam = collect_log_decay(model, latent, timestep, label)[block]
     name = pipe.class_names[label] if pipe.class_names else str(label)

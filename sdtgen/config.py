@@ -15,17 +15,19 @@ import math
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
-from sdtgen.diffusion.sampling import SAMPLERS
+from sdtgen.diffusion.sampling import DEFAULT_GUIDANCE, SAMPLERS
 from sdtgen.models.attention import ATTENTION_VARIANTS
 from sdtgen.models.backends import BACKENDS
 from sdtgen.models.dit import PRESETS
-from sdtgen.training.precision import PRECISIONS
+
+PRECISIONS = ("auto", "no", "bf16", "fp16")  # train.mixed_precision; "auto" is resolved in training/precision.py
 
 
 @dataclass
@@ -89,7 +91,7 @@ class TrainConfig:
 class SampleConfig:
     sampler: str | None = None  # None: the objective's default
     steps: int | None = None
-    cfg: float = 2.0
+    cfg: float = DEFAULT_GUIDANCE
     per_class: int = 8
     classes: list[int] | None = None  # which classes the grids show; None = all
 
@@ -125,7 +127,9 @@ def _apply(target: Any, values: dict, prefix: str = "") -> None:
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ValueError(f"Config key '{prefix}{key}' is a section; set its fields, e.g. {prefix}{key}.<name>=...")
+                raise ValueError(
+                    f"Config key '{prefix}{key}' is a section; set its fields, e.g. {prefix}{key}.<name>=..."
+                )
             _apply(current, value, f"{prefix}{key}.")
         else:
             setattr(target, key, _typed(prefix + key, value, typing.get_type_hints(type(target))[key]))
@@ -181,7 +185,9 @@ _Loader.yaml_implicit_resolvers = {
     first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def _load_yaml(text: str) -> Any:
@@ -229,8 +235,10 @@ def _read_yaml(path: Path) -> dict:
         reason = str(error).splitlines()[0] if isinstance(error, yaml.YAMLError) else "not UTF-8 text"
         raise ValueError(f"Config file {path} is not valid YAML ({reason}); see configs/ for examples.") from None
     if values is not None and not isinstance(values, dict):
-        raise ValueError(f"Config file {path} must hold a mapping of sections (model:, data:, train:, ...), "
-                         f"not a {type(values).__name__}.")
+        raise ValueError(
+            f"Config file {path} must hold a mapping of sections (model:, data:, train:, ...), "
+            f"not a {type(values).__name__}."
+        )
     return values or {}
 
 
@@ -245,12 +253,31 @@ CHOICES = {
     "flow.time_sampling": ("uniform", "logit_normal"),
 }
 AT_LEAST = {
-    "model.depth": 1, "model.hidden_size": 1, "model.num_heads": 1, "model.mlp_ratio": 0.0, "data.image_size": 1,
-    "data.extract_batch_size": 1, "data.num_workers": 0, "train.max_steps": 1, "train.global_batch_size": 1,
-    "train.micro_batch_size": 1, "train.weight_decay": 0.0, "train.warmup_steps": 0, "train.grad_clip": 0.0,
-    "train.cpu_threads": 1, "train.log_every": 1, "train.checkpoint_every": 1, "train.keep_checkpoints": 0,
-    "train.sample_every": 1, "train.eval_every": 1, "train.eval_samples": 1, "train.eval_steps": 1,
-    "sample.steps": 1, "sample.cfg": 0.0, "sample.per_class": 1, "flow.logit_std": 0.0,
+    "model.depth": 1,
+    "model.hidden_size": 1,
+    "model.num_heads": 1,
+    "model.mlp_ratio": 0.0,
+    "data.image_size": 1,
+    "data.extract_batch_size": 1,
+    "data.num_workers": 0,
+    "train.max_steps": 1,
+    "train.global_batch_size": 1,
+    "train.micro_batch_size": 1,
+    "train.weight_decay": 0.0,
+    "train.warmup_steps": 0,
+    "train.grad_clip": 0.0,
+    "train.cpu_threads": 1,
+    "train.log_every": 1,
+    "train.checkpoint_every": 1,
+    "train.keep_checkpoints": 0,
+    "train.sample_every": 1,
+    "train.eval_every": 1,
+    "train.eval_samples": 1,
+    "train.eval_steps": 1,
+    "sample.steps": 1,
+    "sample.cfg": 0.0,
+    "sample.per_class": 1,
+    "flow.logit_std": 0.0,
 }
 
 
@@ -281,8 +308,10 @@ def validate(config: RunConfig) -> None:
     if not 0 <= config.model.class_dropout_prob < 1:
         raise ValueError(f"model.class_dropout_prob must be in [0, 1), got {config.model.class_dropout_prob}.")
     if config.sample.sampler is not None and config.sample.sampler not in SAMPLERS[config.objective]:
-        raise ValueError(f"sample.sampler={config.sample.sampler!r} does not fit objective={config.objective}; "
-                         f"choose one of {', '.join(SAMPLERS[config.objective])} or null.")
+        raise ValueError(
+            f"sample.sampler={config.sample.sampler!r} does not fit objective={config.objective}; "
+            f"choose one of {', '.join(SAMPLERS[config.objective])} or null."
+        )
     if config.model.learn_sigma and config.objective == "flow":
         raise ValueError("model.learn_sigma=true only applies to objective=ddpm.")
     if config.data.dataset != "animals" and config.data.vae == "builtin":

@@ -27,6 +27,7 @@ def init_seed(seed: int) -> int:
 
 
 def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of every random draw of step `step`, on `device`."""
     return torch.Generator(device=device).manual_seed((seed * _STEP_STREAM + step) % 2**63)
 
 
@@ -42,6 +43,7 @@ class EpochOrder:
         self._cache: dict[int, torch.Tensor] = {}
 
     def permutation(self, epoch: int) -> torch.Tensor:
+        """The order in which epoch `epoch` visits the samples."""
         if epoch not in self._cache:
             if len(self._cache) > 2:  # a step spans at most two epochs
                 self._cache.pop(min(self._cache))
@@ -50,38 +52,82 @@ class EpochOrder:
         return self._cache[epoch]
 
     def indices(self, step: int) -> torch.Tensor:
+        """The sample indices of step `step`'s global batch."""
         positions = step * self.global_batch_size + torch.arange(self.global_batch_size)
         epochs, offsets = positions // self.num_samples, positions % self.num_samples
         return torch.stack([self.permutation(int(e))[int(o)] for e, o in zip(epochs, offsets)])
 
     def epoch_of(self, step: int) -> float:
+        """Epochs completed after `step` steps (fractional)."""
         return step * self.global_batch_size / self.num_samples
 
 
 @dataclass
 class StepRandomness:
-    """Every random draw of one step, for the whole global batch (then sliced per process)."""
+    """The random draws the loop makes for one step, for the whole global batch (then sliced per process).
 
-    flips: torch.Tensor  # (G,) bool: use the horizontally flipped sample
+    The step's first draw, its flips, goes into the data loader's keys instead (`step_keys`).
+    """
+
     latent_eps: torch.Tensor  # (G, C, H, W): z = mean + std * eps from the stored moments
     drop_labels: torch.Tensor  # (G,) bool: replace the label by the null class
     times: torch.Tensor  # (G,) integer timesteps (ddpm) or times in (0, 1) (flow)
     noise: torch.Tensor  # (G, C, H, W) diffusion noise
 
-    def slice(self, start: int, stop: int) -> "StepRandomness":
-        return StepRandomness(*(getattr(self, f)[start:stop] for f in self.__dataclass_fields__))
+    def slice(self, positions: slice) -> StepRandomness:
+        """The draws of the samples at `positions` of the global batch (one process's share)."""
+        return StepRandomness(*(getattr(self, f)[positions] for f in self.__dataclass_fields__))
+
+
+def _draw_flips(generator: torch.Generator, global_batch_size: int, device: torch.device | str) -> torch.Tensor:
+    # The first draw from a step's generator, shared so that `step_keys` and
+    # `draw_step_randomness` make the same one.
+    return torch.rand(global_batch_size, generator=generator, device=device) < 0.5
 
 
 def draw_step_randomness(
-    objective, seed: int, step: int, global_batch_size: int, latent_shape: tuple[int, ...],
-    class_dropout_prob: float, device: torch.device,
+    objective,
+    seed: int,
+    step: int,
+    global_batch_size: int,
+    latent_shape: tuple[int, ...],
+    class_dropout_prob: float,
+    device: torch.device,
 ) -> StepRandomness:
     """All random numbers of step `step`, in a fixed order, from the (seed, step) generator."""
     generator = step_generator(seed, step, device)
     shape = (global_batch_size, *latent_shape)
-    flips = torch.rand(global_batch_size, generator=generator, device=device) < 0.5
+    _draw_flips(generator, global_batch_size, device)  # step_keys's; drawn here to keep the stream's order
     latent_eps = torch.randn(shape, generator=generator, device=device)
     drop = torch.rand(global_batch_size, generator=generator, device=device) < class_dropout_prob
     times = objective.sample_timesteps(global_batch_size, device, generator=generator)
     noise = torch.randn(shape, generator=generator, device=device)
-    return StepRandomness(flips, latent_eps, drop, times, noise)
+    return StepRandomness(latent_eps, drop, times, noise)
+
+
+def step_keys(order: EpochOrder, step: int, positions: slice, device: torch.device | str) -> list[tuple[int, bool]]:
+    """The `(sample index, flip)` keys at `positions` of step `step`'s global batch (one process's share).
+
+    The flips are the ones `draw_step_randomness` draws for the same step: the same
+    generator's first draw, made on the same device.
+    """
+    flips = _draw_flips(step_generator(order.seed, step, device), order.global_batch_size, device)
+    return [(int(i), bool(f)) for i, f in zip(order.indices(step)[positions], flips[positions].cpu())]
+
+
+class StepKeys:
+    """A batch sampler: this process's keys (`step_keys`) for steps start, start + 1, ..., stop - 1.
+
+    The training loop consumes its batches in the same order and draws each step's other
+    random numbers itself; with DataLoader workers this sampler runs ahead by the prefetch.
+    """
+
+    def __init__(self, order: EpochOrder, start: int, stop: int, positions: slice, device: torch.device | str) -> None:
+        self.order, self.start, self.stop, self.positions, self.device = order, start, stop, positions, device
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield step_keys(self.order, step, self.positions, self.device)

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from sdtgen import SDTDiT
-from sdtgen.inspect import collect_log_decay, render_decay_maps
+from sdtgen.decay_maps import collect_log_decay, render_decay_maps
 
 
 def test_log_decay_of_an_initial_sdt_model_is_rmt_schedule_and_renders(tmp_path):
-    model = SDTDiT.from_preset("S/2", attention="sdt", input_size=8, num_classes=10, depth=2, hidden_size=64, num_heads=2).eval()
+    model = SDTDiT.from_preset(
+        "S/2", attention="sdt", input_size=8, num_classes=10, depth=2, hidden_size=64, num_heads=2
+    ).eval()
     lams = collect_log_decay(model, torch.randn(1, 4, 8, 8), timestep=500, label=3)
     assert len(lams) == 2 and lams[0].shape == (2, 16)
     gammas = [1 - 2 ** (-2 - 4 * h / 2) for h in range(2)]
@@ -20,7 +22,9 @@ def test_log_decay_of_an_initial_sdt_model_is_rmt_schedule_and_renders(tmp_path)
 
 
 def test_vanilla_models_have_no_decay_to_show():
-    model = SDTDiT.from_preset("S/2", attention="vanilla", input_size=8, num_classes=10, depth=1, hidden_size=64, num_heads=2)
+    model = SDTDiT.from_preset(
+        "S/2", attention="vanilla", input_size=8, num_classes=10, depth=1, hidden_size=64, num_heads=2
+    )
     with pytest.raises(ValueError, match="no spatial decay"):
         collect_log_decay(model, torch.randn(1, 4, 8, 8), timestep=1, label=0)
 

@@ -1,0 +1,79 @@
+"""The `sdtgen` command itself: a light parser, choices that agree with the library, flags named by the CLI, `sdtgen train`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sdtgen.cli import COMMANDS, main, options
+from sdtgen.diffusion.sampling import DEFAULT_GUIDANCE, SAMPLERS
+from sdtgen.models.attention import ATTENTION_VARIANTS
+from sdtgen.runs import CLASS_NAMES_FILE, CONFIG_FILE, LOG_FILE, MODEL_DIR, MissingInput, find_source, list_checkpoints
+from test_training import TINY
+
+HEAVY = ("torch", "diffusers", "accelerate", "torch_fidelity", "matplotlib")
+
+
+def test_building_the_parser_imports_no_heavy_library():
+    """`sdtgen --help` and `sdtgen COMMAND --help` build the whole parser: none of it may import torch and co."""
+    code = f"import sys, sdtgen.cli; sdtgen.cli.build_parser(); print([m for m in {HEAVY!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_choices_listed_by_the_cli_are_the_librarys():
+    assert options.ATTENTION_VARIANTS == ATTENTION_VARIANTS
+    assert options.SAMPLERS == SAMPLERS
+    assert options.SHOWN_DEFAULT_GUIDANCE == DEFAULT_GUIDANCE
+    assert all(isinstance(options.torch_dtype(name), torch.dtype) for name in options.DTYPES)
+
+
+@pytest.mark.parametrize("command", ["--help", *(name.replace("_", "-") + " --help" for name in COMMANDS)])
+def test_help(command):
+    result = subprocess.run(
+        [sys.executable, "-m", "sdtgen.cli", *command.split()], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: sdtgen")
+
+
+def test_the_library_asks_for_keywords_and_the_cli_for_flags(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no built-in run here
+    with pytest.raises(MissingInput) as missing:
+        find_source(None)
+    assert missing.value.argument == "ckpt" and "pass ckpt=..." in str(missing.value) and "--" not in str(missing.value)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--out", str(tmp_path / "pipe")])
+    assert exit_info.value.code == 2
+    assert "pass --ckpt (a run, checkpoint, model or pipeline folder)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sdtgen_train_launches_a_training_run(tmp_path):
+    """`sdtgen train` goes through accelerate's launcher (one process without a saved accelerate config)."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}  # HF_HOME: no saved accelerate config
+    overrides = [f"output_dir={run_dir}", *TINY, "train.max_steps=2", "train.checkpoint_every=2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "sdtgen.cli", "train", *overrides], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "accelerate launch" in result.stderr  # the launcher's note on the defaults it used
+    for name in (CONFIG_FILE, LOG_FILE, CLASS_NAMES_FILE):
+        assert (run_dir / name).is_file(), name
+    assert [c.name for c in list_checkpoints(run_dir / "checkpoints")] == ["checkpoint-2"]
+    assert (run_dir / "checkpoints" / "checkpoint-2" / MODEL_DIR / "config.json").is_file()
+    assert [json.loads(line)["step"] for line in (run_dir / LOG_FILE).read_text().splitlines()] == [1, 2]
+    bad = subprocess.run(
+        [sys.executable, "-m", "sdtgen.cli", "train", "train.max_stpes=2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "sdtgen train: error: Unknown config key 'train.max_stpes'" in bad.stderr

@@ -1,0 +1,387 @@
+"""Every command in docs/*.md is run, so the pages cannot go stale (tests/test_readme.py does the same for the README).
+
+The ```bash blocks and the inline `sdtgen ...` / `accelerate ...` / `python ...` commands of
+each page are read from the page itself. Each command must have exactly one plan here, and a
+plan for a command a page no longer has is an error too:
+
+- ``PAGES[page]``: run in the listed order, in one scratch folder per page, each verbatim or
+  with the plain-text stand-ins given next to it: for what this machine lacks (ImageNet,
+  GPUs, the hub's weights, the Inception weights) and to shrink long jobs (steps, samples,
+  model size). Files a page names are made under those names with the real layout and tiny
+  random contents (tests/stand_ins.py); `FOLDER`, a page's name for your image folder, is
+  such a folder in the scratch folder, and `~` is a scratch home.
+- A command that README.md shows too is run by tests/test_readme.py (or, for the main job,
+  by .ci/run).
+- ``SAME_AS``: a command that the listed replacements turn into one that runs (here or in
+  tests/test_readme.py): it differs only in names, paths and counts, or in options that
+  other runs cover. Each would cost seconds of start-up for no new code path.
+- ``NOT_RUN``: why a command cannot run here, or is a usage pattern rather than a command.
+
+The pages' Python blocks are examples with free names (`samples`, `generator`) rather than
+programs, and are not run. The runs are slow-marked; `pytest -m "not slow"` checks the plans only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from doc_commands import (
+    EIGHT_GPUS,
+    README,
+    built_in_run,
+    link_repo_folders,
+    markdown_commands,
+    run,
+    scratch_env,
+    shell_command,
+)
+from stand_ins import (
+    cache_hub_vae,
+    dit_hub_folder,
+    image_folder,
+    stand_in_imagenet,
+    stand_in_inception_weights,
+    tiny_sd_vae,
+)
+from tiny_runs import REPO, random_model, write_run
+
+DOCS = REPO / "docs"
+IMAGENET_CLASSES = [f"n{index:08d}" for index in range(1000)]  # stand_in_imagenet's folder names
+
+# Shrinking stand-ins shared by several commands.
+TINY_MODEL = " model.depth=1 model.hidden_size=64 model.num_heads=2"
+SHORT_RUN = "train.max_steps=2 train.global_batch_size=4 train.checkpoint_every=2 sample.steps=2 sample.per_class=1"
+# A pretrained DiT's 1,000 classes need 1,000 class folders (the page says so): the stand-in
+# ImageNet, at 64 px (8x8 latents, the stand-in DiTs' size) so that encoding it stays short.
+IMAGENET_64 = "data.dataset={imagenet} data.image_size=64"
+
+# page -> its commands in the order they run, each with its stand-ins ((page text, what runs instead), ...).
+PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
+    "benchmarks.md": (
+        # A tiny model, one round, the sdt rows (bench_model) or fp32 only (bench_sampling).
+        (
+            "python benchmarks/bench_model.py --preset T/2 --input-size 16 --batch 128 --repeats 7 --markdown",
+            (("--input-size 16 --batch 128 --repeats 7", "--input-size 8 --batch 2 --repeats 1 --variants sdt"),),
+        ),
+        (
+            "python benchmarks/bench_sampling.py --preset T/2 --input-size 16 --batch 8 --steps 2 --repeats 2 --dtype fp32 bf16 "
+            "--markdown",
+            (
+                ("--input-size 16 --batch 8", "--input-size 8 --batch 2"),
+                ("--repeats 2", "--repeats 1"),
+                ("--dtype fp32 bf16", "--dtype fp32"),
+            ),
+        ),
+        # 1,000 files, one launch; not --old, whose checkout `git worktree add` (not run) would make.
+        (
+            "python benchmarks/bench_startup.py --root /tmp/sdtgen-startup --sizes 10000 100000 1000000 --old /tmp/base "
+            "--repeats 3",
+            (
+                ("/tmp/sdtgen-startup", "{tmp}/startup"),
+                ("--sizes 10000 100000 1000000", "--sizes 1000"),
+                ("--old /tmp/base ", ""),
+                ("--repeats 3", "--repeats 1"),
+            ),
+        ),
+    ),
+    "evaluation.md": (
+        # 20 samples: the README's test samples 1000.
+        (
+            "sdtgen eval --ckpt runs/animals-sdt --num-samples 1000 --out eval/animals-sdt",
+            (("--num-samples 1000", "--num-samples 20"),),
+        ),
+        ("sdtgen eval --samples eval/animals-sdt/samples.npz", ()),
+    ),
+    # ~/imagenet: a 10-class stand-in; stabilityai/sd-vae-ft-ema and ~/sd-vae-ft-ema: one tiny VAE.
+    "latents.md": (
+        ("sdtgen extract-latents", ()),
+        (
+            "sdtgen extract-latents --data ~/imagenet --split train --vae stabilityai/sd-vae-ft-ema "
+            "--out cache/imagenet256-latents",
+            (),
+        ),
+        (
+            "accelerate launch -m sdtgen.cli extract-latents --data ~/imagenet --split train --vae ~/sd-vae-ft-ema "
+            "--out cache/imagenet256-latents",
+            (),
+        ),
+        ("sdtgen extract-latents --verify --out cache/imagenet256-latents", ()),
+    ),
+    "sampling.md": (
+        # runs/imagenet256_sdt_xl2: a tiny 1000-class model with the stand-in SD VAE.
+        (
+            "accelerate launch --multi_gpu --num_processes 8 -m sdtgen.cli sample --ckpt runs/imagenet256_sdt_xl2 "
+            "--class 207 --class 360 --num 64 --batch-size 32 --out samples/xl2",
+            (EIGHT_GPUS, ("--num 64", "--num 4"), ("--batch-size 32", "--batch-size 2")),
+        ),
+        # DiT-XL-2-256/: what the page's `hf download` leaves, with a tiny DiT and VAE.
+        ("sdtgen convert --from diffusers DiT-XL-2-256 --out models/dit-xl-2", ()),
+        (
+            'sdtgen sample --ckpt models/dit-xl-2 --vae DiT-XL-2-256/vae --class "golden retriever" --num 8 --sampler ddpm '
+            "--steps 250 --cfg 4 --cfg-channels 3",
+            (),
+        ),
+        ("sdtgen export --ckpt models/dit-xl-2 --vae DiT-XL-2-256/vae --out pipelines/dit-xl-2", ()),
+        ("sdtgen convert --from diffusers DiT-XL-2-256 --out models/sdt-xl-2 --attention sdt", ()),
+        (
+            "accelerate launch --multi_gpu --num_processes 8 scripts/train_gen.py --config configs/imagenet256_sdt_xl2.yaml "
+            "model.pretrained=models/sdt-xl-2 output_dir=runs/sdt-xl-2-finetune train.max_steps=50000",
+            (EIGHT_GPUS, ("train.max_steps=50000", f"{IMAGENET_64} {SHORT_RUN}")),
+        ),
+    ),
+    # FOLDER: daisy/, rose/, tulip/ with two small images each.
+    "training_on_your_data.md": (
+        (
+            "accelerate launch scripts/train_gen.py data.dataset=FOLDER data.image_size=256 data.vae=stabilityai/sd-vae-ft-ema "
+            "data.latent_cache=cache/flowers256-sd-vae-ft-ema model.preset=S/2 objective=ddpm output_dir=runs/flowers-sdt-s2 "
+            "train.max_steps=100000 train.global_batch_size=256 train.lr=1e-4 train.ema_decay=0.9999 train.ema_warmup=false "
+            "train.warmup_steps=0 train.checkpoint_every=10000 train.log_every=100 sample.sampler=ddpm sample.steps=250 "
+            "sample.cfg=1.5 sample.per_class=4",
+            (
+                ("model.preset=S/2", "model.preset=S/2" + TINY_MODEL),
+                ("train.max_steps=100000", "train.max_steps=2"),
+                ("train.global_batch_size=256", "train.global_batch_size=4"),
+                ("train.checkpoint_every=10000", "train.checkpoint_every=2"),
+                ("train.log_every=100", "train.log_every=1"),
+                ("sample.steps=250", "sample.steps=2"),
+                ("sample.per_class=4", "sample.per_class=1"),
+            ),
+        ),
+        # The page's alternative to the run above, from a config file: into a folder of its own.
+        (
+            "accelerate launch scripts/train_gen.py --config configs/imagenet256_sdt_s2.yaml data.dataset=FOLDER "
+            "data.latent_cache=cache/flowers256-sd-vae-ft-ema output_dir=runs/flowers-sdt-s2 sample.classes=null",
+            (
+                ("output_dir=runs/flowers-sdt-s2", "output_dir=runs/flowers-from-config"),
+                ("sample.classes=null", f"sample.classes=null{TINY_MODEL} {SHORT_RUN}"),
+            ),
+        ),
+        (
+            "sdtgen eval --ckpt runs/flowers-sdt-s2 --num-samples 5000 --ref FOLDER "
+            "--inception-weights weights-inception-2015-12-05-6726825d.pth --out eval/flowers-sdt-s2",
+            (("--num-samples 5000", "--num-samples 8"),),
+        ),
+    ),
+}
+
+# Commands that differ from one that runs (here or in tests/test_readme.py) only as the
+# replacements show: other names, paths and counts, or options that the other run covers.
+SAME_AS: dict[str, tuple[tuple[str, str], ...]] = {
+    "python benchmarks/bench_model.py --repeats 5 --markdown": (
+        ("--repeats 5", "--preset T/2 --input-size 16 --batch 128 --repeats 7"),
+    ),
+    "sdtgen convert --from dit DiT-XL-2-256x256.pt --out models/dit-xl-2": (("models/dit-xl-2", "dit-xl2"),),
+    "sdtgen convert --from diffusers DiT-XL-2-256 --out models/dit-xl-2-hf": (
+        ("DiT-XL-2-256 --out models/dit-xl-2-hf", "./DiT-XL-2-256 --out dit-xl2"),
+    ),
+    "sdtgen convert --from dit DiT-XL-2-256x256.pt --attention sdt --out models/sdt-xl-2-warm": (
+        ("models/sdt-xl-2-warm", "sdt-xl2"),
+    ),
+    "sdtgen convert --from dit DiT-XL-2-256x256.pt --attention sdt --out models/sdt-xl-2": (
+        ("models/sdt-xl-2", "sdt-xl2"),
+    ),
+    "sdtgen sample --class dog --class cat --num 8": (
+        ("--class dog --class cat", "--class giraffe --class zebra --class elephant"),
+    ),
+    "sdtgen extract-latents --data FOLDER --image-size 256 --vae stabilityai/sd-vae-ft-ema --out cache/flowers256-sd-vae-ft-ema": (
+        ("FOLDER", "/data/imagenet/train"),
+        ("flowers256", "imagenet256"),
+    ),
+    # --ckpt of a run folder: as the default runs/animals-sdt.
+    "sdtgen sample --ckpt runs/flowers-sdt-s2 --list-classes": (("--ckpt runs/flowers-sdt-s2 ", ""),),
+    "sdtgen sample --ckpt runs/flowers-sdt-s2 --class rose --class tulip --num 8 --out samples/flowers": (
+        ("--ckpt runs/flowers-sdt-s2 ", ""),
+        ("rose", "giraffe"),
+        ("tulip", "zebra"),
+        ("samples/flowers", "samples/"),
+    ),
+    "sdtgen export --ckpt runs/flowers-sdt-s2 --out flowers-pipeline": (
+        ("flowers-sdt-s2", "animals-sdt"),
+        ("flowers-", "animals-"),
+    ),
+    # RUN, a run folder: the README's ImageNet run, there on two processes; --sampler as in sampling.md.
+    "accelerate launch -m sdtgen.cli eval --ckpt RUN --num-samples 50000 --labels uniform --sampler ddpm --steps 250 "
+    "--cfg 1.5 --ref VIRTUAL_imagenet256_labeled.npz --inception-weights weights-inception-2015-12-05-6726825d.pth "
+    "--out eval/xl2": (
+        ("launch -m", "launch --multi_gpu --num_processes 8 -m"),
+        ("RUN", "runs/imagenet256_sdt_xl2"),
+        ("--sampler ddpm ", ""),
+        ("eval/xl2", "eval/imagenet256_sdt_xl2"),
+    ),
+    "sdtgen sample --ckpt runs/sdt-xl-2-finetune --class 207 --num 8": (
+        ("sdt-xl-2-finetune", "imagenet256_sdt_xl2"),
+        ("--num 8", "--cfg 4.0 --sampler dpm++ --steps 25 --seed 1 --out samples/"),
+    ),
+    # data.dataset and data.latent_cache: as in the flowers runs above.
+    "accelerate launch --multi_gpu --num_processes 8 scripts/train_gen.py --config configs/imagenet256_sdt_xl2.yaml "
+    "model.pretrained=models/sdt-xl-2 data.dataset=FOLDER data.latent_cache=cache/mydata256-sd-vae-ft-ema "
+    "output_dir=runs/mydata-sdt-xl-2-finetune train.max_steps=50000": (
+        (
+            "data.dataset=FOLDER data.latent_cache=cache/mydata256-sd-vae-ft-ema output_dir=runs/mydata-",
+            "output_dir=runs/",
+        ),
+    ),
+}
+
+NOT_RUN = {
+    "python scripts/ablation.py": "each variant's training ends with the built-in run's 200-sample evaluation, then the "
+    "script evaluates it again: about 100 s a variant even at 2 steps",
+    "python scripts/ablation.py --seeds 1": "as `python scripts/ablation.py`",
+    "python scripts/train_vae.py --out sdtgen/assets/vae": "rebuilds the shipped VAE; 20 s even at 2 steps, as it encodes "
+    "all 10,000 images for the scaling factor and the test PSNR",
+    "hf download facebook/DiT-XL-2-256 --local-dir DiT-XL-2-256": "needs the network; the test lays out that folder itself",
+    "git worktree add /tmp/base 7472b91": "would add a worktree to this repository (bench_startup.py's --old checkout)",
+    "python3 benchmarks/gpu_sampling.py OUT": "compares CUDA against the CPU: needs a GPU (docs/device-logs holds its runs)",
+    "sdtgen export --ckpt RUN --out DIR [--sampler S] [--vae SPEC]": "a usage pattern (RUN, DIR, [options])",
+    "sdtgen sample --ckpt DIR": "a usage pattern (DIR)",
+    "sdtgen extract-latents --verify --out DIR": "a usage pattern (DIR)",
+    "sdtgen <command> --help": "a usage pattern (<command>)",
+    "sdtgen convert --attention sdt": "names an option of the convert commands run above",
+    "python -m sdtgen.cli": "names the module entry point, which the `accelerate launch -m sdtgen.cli` commands run",
+    "sdtgen convert --input-size N": "a usage pattern (N)",
+}
+
+
+def page_commands() -> dict[str, list[str]]:
+    return {page.name: markdown_commands(page.read_text(), python_blocks=False) for page in sorted(DOCS.glob("*.md"))}
+
+
+def run_page(page: str, cwd, env, **values) -> dict[str, str]:
+    """Run the page's planned commands in order; their standard output by page text."""
+    return {
+        command: run(shell_command(command, replacements, **values), cwd, env).stdout
+        for command, replacements in PAGES[page]
+    }
+
+
+# ------------------------------------------------------------------ the plans cover the pages
+
+
+def test_every_docs_command_has_exactly_one_plan():
+    in_readme = set(markdown_commands(README.read_text()))
+    problems = []
+    for page, commands in page_commands().items():
+        planned = [command for command, _ in PAGES.get(page, ())]
+        if len(planned) != len(set(planned)):
+            problems.append(f"{page}: a command is planned twice")
+        for command in commands:
+            plans = (command in planned) + (command in SAME_AS) + (command in NOT_RUN) + (command in in_readme)
+            if plans != 1:
+                problems.append(f"{page}: {command}  ({'no plan' if plans == 0 else 'more than one plan'})")
+        problems += [f"{page}: planned, but the page no longer has: {c}" for c in planned if c not in commands]
+    everywhere = {command for commands in page_commands().values() for command in commands}
+    problems += [
+        f"{kind} names a command no page has: {c}"
+        for kind, plan in (("SAME_AS", SAME_AS), ("NOT_RUN", NOT_RUN))
+        for c in plan
+        if c not in everywhere
+    ]
+    problems += [f"PAGES names a page that does not exist: {page}" for page in PAGES if page not in page_commands()]
+    assert not problems, "docs/*.md commands without exactly one plan in tests/test_docs.py:\n" + "\n".join(problems)
+
+
+def test_stand_ins_match_their_commands():
+    for page, plan in PAGES.items():
+        for command, replacements in plan:
+            for old, _ in replacements:
+                assert old in command, f"{page}: the stand-in for {old!r} does not match {command!r}"
+
+
+def test_same_as_commands_name_commands_that_run():
+    run_here = {command for plan in PAGES.values() for command, _ in plan}
+    in_readme = set(markdown_commands(README.read_text()))  # tests/test_readme.py runs each
+    for command, replacements in SAME_AS.items():
+        target = command
+        for old, new in replacements:
+            assert old in target, f"the replacement of {old!r} does not match {command!r}"
+            target = target.replace(old, new)
+        assert target in run_here | in_readme, f"{command!r} is said to be the same as {target!r}, which nothing runs"
+
+
+# ------------------------------------------------------------------ the pages
+
+
+@pytest.fixture
+def scratch(tmp_path, tmp_path_factory):
+    """(a scratch folder to run in, its environment); reference features are shared between the pages."""
+    cwd = tmp_path / "work"
+    (cwd / "runs").mkdir(parents=True)
+    env = scratch_env(tmp_path)
+    env["SDTGEN_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "sdtgen-cache")
+    return cwd, env
+
+
+def imagenet_run(root):
+    """A tiny 1000-class run on 4x32x32 latents of the stand-in SD VAE (in the scratch hub cache)."""
+    model = random_model("ddpm", in_channels=4, input_size=32, num_classes=1000)
+    return write_run(root, model, vae="stabilityai/sd-vae-ft-ema", class_names=IMAGENET_CLASSES)
+
+
+@pytest.mark.slow
+def test_benchmarks_page(scratch, tmp_path):
+    cwd, env = scratch
+    link_repo_folders(cwd, "benchmarks", "scripts")
+    outputs = list(run_page("benchmarks.md", cwd, env, tmp=tmp_path).values())
+    for output in outputs[:2]:
+        assert re.search(r"^\| sdt \|.*\|$", output, flags=re.M), output[-2000:]  # a markdown table with sdt rows
+    assert re.search(r"^\|.*1,?000.*\|$", outputs[2], flags=re.M), outputs[2][-2000:]  # a row for the 1,000 files
+
+
+@pytest.mark.slow
+def test_evaluation_page(scratch, tmp_path):
+    cwd, env = scratch
+    (cwd / "runs" / "animals-sdt").symlink_to(built_in_run(tmp_path), target_is_directory=True)
+    run_page("evaluation.md", cwd, env)
+    built_in = json.loads((cwd / "eval" / "animals-sdt" / "metrics.json").read_text())
+    assert built_in["provenance"]["num_samples"] == 20 and np.isfinite(built_in["fid"])
+    assert json.loads((cwd / "eval" / "metrics.json").read_text())["fid"] == pytest.approx(built_in["fid"])
+
+
+@pytest.mark.slow
+def test_latents_page(scratch, tmp_path):
+    cwd, env = scratch
+    link_repo_folders(cwd, "cache/animals-latents")
+    env["HOME"] = str(tmp_path / "home")
+    stand_in_imagenet(tmp_path / "home" / "imagenet" / "train", num_classes=10)
+    tiny_sd_vae().save_pretrained(tmp_path / "home" / "sd-vae-ft-ema")
+    cache_hub_vae(tmp_path / "hf", "stabilityai/sd-vae-ft-ema")
+    outputs = run_page("latents.md", cwd, env)
+    assert "Verified the latent cache" in outputs["sdtgen extract-latents --verify --out cache/imagenet256-latents"]
+    assert json.loads((cwd / "cache" / "animals-latents" / "manifest.json").read_text())["complete"]
+    manifest = json.loads((cwd / "cache" / "imagenet256-latents" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["num_samples"] == 10 and manifest["latent_shape"] == [4, 32, 32]
+
+
+@pytest.mark.slow
+def test_sampling_page(scratch, tmp_path):
+    cwd, env = scratch
+    link_repo_folders(cwd, "scripts", "configs")
+    cache_hub_vae(tmp_path / "hf", "stabilityai/sd-vae-ft-ema")
+    imagenet_run(cwd / "runs" / "imagenet256_sdt_xl2")
+    dit_hub_folder(cwd / "DiT-XL-2-256")
+    run_page("sampling.md", cwd, env, imagenet=stand_in_imagenet(tmp_path / "imagenet"))
+    assert len(list((cwd / "samples" / "xl2").glob("360-otter-*.png"))) == 4
+    assert len(list((cwd / "samples").glob("207-golden_retriever-*.png"))) == 8
+    assert (cwd / "pipelines" / "dit-xl-2" / "model_index.json").is_file()
+    state = json.loads(
+        (cwd / "runs" / "sdt-xl-2-finetune" / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text()
+    )
+    assert state["num_processes"] == 2 and state["config"]["model"]["pretrained"] == "models/sdt-xl-2"
+
+
+@pytest.mark.slow
+def test_training_on_your_data_page(scratch, tmp_path):
+    cwd, env = scratch
+    link_repo_folders(cwd, "scripts", "configs")
+    image_folder(cwd / "FOLDER", ["daisy", "rose", "tulip"], per_class=2)
+    cache_hub_vae(tmp_path / "hf", "stabilityai/sd-vae-ft-ema")
+    stand_in_inception_weights(cwd / "weights-inception-2015-12-05-6726825d.pth")
+    run_page("training_on_your_data.md", cwd, env)
+    for run_dir in ("flowers-sdt-s2", "flowers-from-config"):
+        assert json.loads((cwd / "runs" / run_dir / "class_names.json").read_text()) == ["daisy", "rose", "tulip"]
+        assert (cwd / "runs" / run_dir / "checkpoints" / "checkpoint-2" / "model").is_dir()
+    assert json.loads((cwd / "eval" / "flowers-sdt-s2" / "metrics.json").read_text())["provenance"]["num_samples"] == 8
