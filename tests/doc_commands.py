@@ -105,3 +105,14 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def two_cpu_processes() -> tuple[list[str], dict[str, str]]:
+    """`accelerate launch` of two real CPU processes (gloo) on a free port, up to the script; and its environment.
+
+    ACCELERATE_USE_CPU with --multi_gpu is what runs two processes on CPU (plain --cpu runs one).
+    """
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(free_port())]
+    return launch, {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import shutil
-import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +15,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 from torch.utils.data import Subset
 
+from doc_commands import two_cpu_processes
 from sdtgen.cli.extract_latents import add_parser
 from sdtgen.data.animals import ANIMAL_CLASSES, AnimalsDataset
 from sdtgen.data.latents import CacheMismatchError, LatentCacheError, LatentDataset, extract_latents, verify_cache
@@ -460,36 +458,17 @@ extract_latents(Subset(AnimalsDataset("train"), range({num_images})), load_vae(s
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_write_the_same_cache(cache, vae_dir, tmp_path):
     script = tmp_path / "launched.py"
     script.write_text(LAUNCHED.format(num_images=NUM_IMAGES, shard_size=SHARD_SIZE, batch_size=BATCH_SIZE))
+    launch, env = two_cpu_processes()
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
+        *launch,
         str(script),
         vae_dir,
         str(tmp_path / "latents"),
     ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     two, one = LatentDataset(tmp_path / "latents"), LatentDataset(cache)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
+from diffusers import AutoencoderKL, DiTPipeline
 
 from sdtgen import SDTPipeline
 from sdtgen.cli import main
@@ -14,6 +14,7 @@ from sdtgen.convert import convert_diffusers_dit
 from sdtgen.diffusion.sampling import DEFAULT_GUIDANCE, Guidance, default_guidance, make_scheduler, sample_generators
 from sdtgen.runs import find_source, load_pipeline
 from sdtgen.vae import load_vae
+from stand_ins import tiny_diffusers_dit
 from tiny_runs import random_model, write_run
 
 
@@ -113,28 +114,6 @@ def test_bad_pipeline_arguments_are_clear(run):
 # ------------------------------------------------------------------ DiTPipeline equivalence
 
 
-def tiny_dit() -> DiTTransformer2DModel:
-    """A 2-block diffusers DiT over 1,000 classes (DiTPipeline's null class is 1000), every weight random."""
-    torch.manual_seed(0)
-    model = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=8,
-        num_layers=2,
-        sample_size=8,
-        patch_size=2,
-        num_embeds_ada_norm=1000,
-    )
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.1)
-        shared = model.transformer_blocks[0].norm1.emb.state_dict()  # the converter needs one shared embedder
-        for block in model.transformer_blocks[1:]:
-            block.norm1.emb.load_state_dict(shared)
-    return model.eval()
-
-
 def tiny_vae() -> AutoencoderKL:
     torch.manual_seed(1)
     return AutoencoderKL(
@@ -151,7 +130,7 @@ def tiny_vae() -> AutoencoderKL:
 @pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
 @pytest.mark.parametrize("guidance_scale", [1.0, 4.0])
 def test_converted_dit_samples_what_dit_pipeline_samples(sampler, guidance_scale):
-    dit, vae = tiny_dit(), tiny_vae()
+    dit, vae = tiny_diffusers_dit(num_classes=1000), tiny_vae()  # DiTPipeline's null class is 1000
     reference = DiTPipeline(dit, vae, make_scheduler("ddpm", sampler, learn_sigma=True))
     ours = SDTPipeline(convert_diffusers_dit(dit), make_scheduler("ddpm", sampler, learn_sigma=True), vae)
     for pipe in (reference, ours):

@@ -2,10 +2,8 @@
 
 import io
 import json
-import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ import torch
 from PIL import Image
 
 import test_training
+from doc_commands import two_cpu_processes
 from sdtgen.class_names import display_names, resolve_class
 from sdtgen.cli import build_parser, main
 from sdtgen.cli.sample import SamplePlan
@@ -345,20 +344,9 @@ def test_two_processes_write_the_images_of_one(ddpm_run, tmp_path):
         "2",
     ]
     single = sample(ddpm_run, tmp_path / "one", *request[2:])
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launch, env = two_cpu_processes()
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *launch,
         "-m",
         "sdtgen.cli",
         "sample",

@@ -1,9 +1,7 @@
 """The trainer: exact resume, atomic checkpoints, process-count and accumulation invariance, EMA."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,7 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
+from doc_commands import two_cpu_processes
 from sdtgen import SDTDiT
 from sdtgen.config import load_config
 from sdtgen.training import checkpoint as ckpt
@@ -172,20 +171,9 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path):
 @pytest.mark.slow
 def test_two_processes_compute_the_update_of_one(tmp_path):
     single = run(tmp_path / "one", "train.max_steps=3", "train.checkpoint_every=3")
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launch, env = two_cpu_processes()
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *launch,
         str(ROOT / "scripts" / "train_gen.py"),
         f"output_dir={tmp_path / 'two'}",
         *TINY,
