@@ -37,7 +37,7 @@ import yaml
 
 from sdtgen.class_names import display_names, id2label_names
 from sdtgen.config import RunConfig
-from sdtgen.diffusion.sampling import make_scheduler, objective_of
+from sdtgen.diffusion.sampling import default_guidance, make_scheduler, objective_of
 
 if TYPE_CHECKING:
     from sdtgen.pipeline import SDTPipeline
@@ -137,6 +137,17 @@ class Source:
                 "ddpm or flow",
             )
         return requested or known
+
+    @property
+    def sample_defaults(self) -> dict[str, Any]:
+        """The run's `sample:` settings (sampler, steps, cfg, classes) that commands default to; {} outside a run."""
+        return (self.run_config or {}).get("sample") or {}
+
+    def guidance_scale(self, requested: float | None = None) -> float:
+        """`requested`, else the run's sample.cfg, else `default_guidance` of the model."""
+        if requested is not None:
+            return requested
+        return default_guidance(self.model_config, self.sample_defaults.get("cfg"))
 
     def vae_spec(self, requested: str | None = None) -> str | None:
         """The VAE to load: `requested`, else the run's data.vae; None keeps a pipeline's own. MissingInput if unknown."""

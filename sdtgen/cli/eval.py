@@ -112,18 +112,18 @@ def _sample_checkpoint(args: argparse.Namespace):
     """(images, labels, settings) of --num-samples samples of --ckpt, as evaluate.sample_eval_set, with the
     model's provenance added; the run's `sample:` config gives the defaults of --sampler, --steps and --cfg."""
     from sdtgen.data.latents import file_sha256
-    from sdtgen.diffusion.sampling import Guidance, default_guidance
+    from sdtgen.diffusion.sampling import Guidance
     from sdtgen.distributed import process_state
     from sdtgen.evaluation.evaluate import sample_eval_set
     from sdtgen.runs import find_source, load_pipeline
 
     source = find_source(args.ckpt)
-    run_sample = (source.run_config or {}).get("sample") or {}
+    run_sample = source.sample_defaults
     pipe = load_pipeline(
         source, vae=args.vae, sampler=args.sampler or run_sample.get("sampler"), dtype=torch_dtype(args.dtype)
     )
     pipe.to(process_state().device).set_progress_bar_config(disable=True)
-    cfg = default_guidance(source.model_config, run_sample.get("cfg")) if args.cfg is None else args.cfg
+    cfg = source.guidance_scale(args.cfg)
     images, labels, settings = sample_eval_set(
         pipe,
         args.num_samples,

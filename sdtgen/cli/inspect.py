@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--cfg",
         type=float,
-        help=f"guidance scale for the sample (default: {SHOWN_DEFAULT_GUIDANCE:g}; 1 for a model trained without label dropout)",
+        help=f"guidance scale for the sample (default: the run's sample.cfg, else {SHOWN_DEFAULT_GUIDANCE:g}; 1 for a model trained without label dropout)",
     )
     parser.add_argument("--vae", help="VAE override (default: the run's)")
     parser.set_defaults(run=run, parser=parser)
@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--timestep must be in 0..1000 (0 = clean, 1000 = pure noise), got {args.timestep:g}.")
     check_seed(args.seed, 1)
     with asking_for_flags(args):
-        pipe = load_pipeline(find_source(args.ckpt), vae=args.vae)
+        source = find_source(args.ckpt)
+        pipe = load_pipeline(source, vae=args.vae)
     path = draw_decay_maps(
         pipe,
         args.class_spec,
@@ -59,6 +60,6 @@ def run(args: argparse.Namespace) -> None:
         block=args.block,
         timestep=args.timestep,
         seed=args.seed,
-        guidance=args.cfg,
+        guidance=source.guidance_scale(args.cfg),
     )
     print(f"Wrote {path}")

@@ -16,7 +16,7 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sdtgen.cli.options import (
     DTYPES,
@@ -162,18 +162,18 @@ class SamplePlan:
     def from_args(cls, args: argparse.Namespace, source: Source) -> SamplePlan:
         """Check everything that can be checked before any weights load; ValueError on bad input."""
         from sdtgen.class_names import resolve_class
-        from sdtgen.diffusion.sampling import Guidance, check_steps, default_guidance
+        from sdtgen.diffusion.sampling import Guidance, check_steps
 
         for name, value in (("--num", args.num), ("--batch-size", args.batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
         if args.device:
             _check_device(args.device)
-        run_sample_config: dict[str, Any] = (source.run_config or {}).get("sample") or {}
+        run_sample_config = source.sample_defaults
         steps = args.steps if args.steps is not None else run_sample_config.get("steps")
         if steps is not None:
             check_steps(steps)
-        cfg = default_guidance(source.model_config, run_sample_config.get("cfg")) if args.cfg is None else args.cfg
+        cfg = source.guidance_scale(args.cfg)
         Guidance(cfg, args.cfg_channels, tuple(args.cfg_interval)).check(source.model_config)
         specs = args.classes or run_sample_config.get("classes")
         if specs is None:
