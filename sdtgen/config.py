@@ -28,6 +28,7 @@ from sdtgen.models.backends import BACKENDS
 from sdtgen.models.dit import PRESETS
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")  # train.mixed_precision; "auto" is resolved in training/precision.py
+LR_SCHEDULES = ("constant", "cosine", "linear")  # train.lr_schedule; training/trainer.learning_rate has the formulas
 
 
 @dataclass
@@ -62,13 +63,16 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 600
-    global_batch_size: int = 128  # per optimizer step, summed over processes and accumulation
+    # The built-in recipe (docs/recipe.md): 1,200 steps of 64 see as many images as 600 of 128 did,
+    # in the same time on a CPU, and reach a better model; the cosine decay is worth more than its cost.
+    max_steps: int = 1200
+    global_batch_size: int = 64  # per optimizer step, summed over processes and accumulation
     micro_batch_size: int | None = None  # per process per forward; None = the whole share
     lr: float = 1e-3  # DiT uses 1e-4 for 400K steps; the short built-in run needs more
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 50
+    lr_schedule: str = "cosine"  # after warm-up: constant (DiT) | cosine | linear, both decaying to 0 at max_steps
     grad_clip: float | None = 1.0
     mixed_precision: str = "auto"  # auto (bf16 where the device computes it natively, else no) | no | bf16 | fp16
     tf32: bool = True
@@ -81,8 +85,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     sample_every: int | None = None  # sample grid of every class; null = only at the end
     eval_every: int | None = None  # built-in set only: FID / class accuracy of the EMA model every N steps
-    eval_samples: int = 200  # samples per evaluation (class-balanced)
-    eval_steps: int | None = 25  # sampler steps for evaluation samples; null = sample.steps
+    eval_samples: int = 1000  # samples per evaluation (class-balanced)
+    eval_steps: int | None = None  # sampler steps for evaluation samples; null = sample.steps
     final_eval: bool = True  # built-in set only: evaluate once at the end and print it
     resume: str | None = None  # latest | a checkpoint folder | null
 
@@ -247,6 +251,7 @@ def _read_yaml(path: Path) -> dict:
 CHOICES = {
     "objective": tuple(SAMPLERS),
     "model.attention": ATTENTION_VARIANTS,
+    "train.lr_schedule": LR_SCHEDULES,
     "model.attention_backend": BACKENDS,
     "data.on_error": ("raise", "skip"),
     "train.mixed_precision": PRECISIONS,

@@ -93,7 +93,7 @@ class SDTPipeline(DiffusionPipeline):
         return objective_of(self.scheduler)
 
     def use_sampler(self, sampler: str) -> None:
-        """Switch to one of sdtgen's samplers for this objective (ddpm, ddim, dpm++ / euler, heun)."""
+        """Switch to one of sdtgen's samplers for this objective (ddpm, ddim, dpm++ / euler, heun, dpm++)."""
         self.scheduler = make_scheduler(self.objective, sampler, self.transformer.config.learn_sigma)
 
     def get_label_ids(self, labels: Sequence[str | int]) -> list[int]:

@@ -91,7 +91,7 @@ PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
     "evaluation.md": (
         # 20 samples: the README's test samples 1000.
         (
-            "sdtgen eval --ckpt runs/animals-sdt --num-samples 1000 --out eval/animals-sdt",
+            "sdtgen eval --ckpt runs/animals-sdt --num-samples 1000 --steps 25 --out eval/animals-sdt",
             (("--num-samples 1000", "--num-samples 20"),),
         ),
         ("sdtgen eval --samples eval/animals-sdt/samples.npz", ()),
@@ -111,7 +111,17 @@ PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
         ),
         ("sdtgen extract-latents --verify --out cache/imagenet256-latents", ()),
     ),
+    "recipe.md": (
+        # Reads the committed results; training a candidate is NOT_RUN.
+        ("python scripts/sweep_recipe.py --table", ()),
+    ),
     "sampling.md": (
+        # runs/animals-sdt as in evaluation.md; one step a sampler and 20 samples a point.
+        ("python scripts/sampler_curve.py --help", ()),
+        (
+            "python scripts/sampler_curve.py --ckpt runs/animals-sdt --num-samples 1000 --out docs/sampler_curve",
+            (("--num-samples 1000", "--num-samples 20 --nfe 1 --guidance-steps 1 --guidance-scales 1 2"),),
+        ),
         # runs/imagenet256_sdt_xl2: a tiny 1000-class model with the stand-in SD VAE.
         (
             "accelerate launch --multi_gpu --num_processes 8 -m sdtgen.cli sample --ckpt runs/imagenet256_sdt_xl2 "
@@ -227,7 +237,15 @@ SAME_AS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 
+# The measurement docs/sampling.md reports: minutes a point on the recipe's run; the planned 20-sample run covers the code.
+CURVE_ON_THE_BUILT_IN_MODEL = "the sampler curve of the built-in model (RUN: the recipe sweep's run), minutes a point"
 NOT_RUN = {
+    "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers dpm++ --nfe 4 8 12 25": CURVE_ON_THE_BUILT_IN_MODEL,
+    "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part guidance --guidance-sampler dpm++ --guidance-steps 12 --guidance-scales 1 1.5 2 3 4": CURVE_ON_THE_BUILT_IN_MODEL,
+    "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers euler heun --nfe 8 25": CURVE_ON_THE_BUILT_IN_MODEL,
+    "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers heun --nfe 49": CURVE_ON_THE_BUILT_IN_MODEL,
+    "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --nfe 4 7 8 12 25 49 --guidance-sampler dpm++ --guidance-steps 12 --guidance-scales 1 1.5 2 3 4 --report-only": CURVE_ON_THE_BUILT_IN_MODEL,
+    "python scripts/sweep_recipe.py": "trains every candidate of the recipe sweep, about 20 minutes each on 2 cores",
     "python scripts/ablation.py": "each variant's training ends with the built-in run's 200-sample evaluation, then the "
     "script evaluates it again: about 100 s a variant even at 2 steps",
     "python scripts/ablation.py --seeds 1": "as `python scripts/ablation.py`",
@@ -357,13 +375,25 @@ def test_latents_page(scratch, tmp_path):
 
 
 @pytest.mark.slow
+def test_recipe_page(scratch):
+    cwd, env = scratch
+    link_repo_folders(cwd, "scripts", "docs")
+    (table,) = run_page("recipe.md", cwd, env).values()
+    assert table.strip() in (cwd / "docs" / "recipe.md").read_text()  # the page shows the committed results
+
+
+@pytest.mark.slow
 def test_sampling_page(scratch, tmp_path):
     cwd, env = scratch
     link_repo_folders(cwd, "scripts", "configs")
     cache_hub_vae(tmp_path / "hf", "stabilityai/sd-vae-ft-ema")
     imagenet_run(cwd / "runs" / "imagenet256_sdt_xl2")
     dit_hub_folder(cwd / "DiT-XL-2-256")
+    (cwd / "runs" / "animals-sdt").symlink_to(built_in_run(tmp_path), target_is_directory=True)
     run_page("sampling.md", cwd, env, imagenet=stand_in_imagenet(tmp_path / "imagenet"))
+    curve = json.loads((cwd / "docs" / "sampler_curve" / "sampler_curve.json").read_text())["points"]
+    assert {p["steps"] for p in curve} == {1} and all(p["num_samples"] == 20 and np.isfinite(p["fid"]) for p in curve)
+    assert (cwd / "docs" / "sampler_curve" / "guidance_curve.png").is_file()
     assert len(list((cwd / "samples" / "xl2").glob("360-otter-*.png"))) == 4
     assert len(list((cwd / "samples").glob("207-golden_retriever-*.png"))) == 8
     assert (cwd / "pipelines" / "dit-xl-2" / "model_index.json").is_file()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sdtgen.cli import main
-from sdtgen.data.animals import load_animals
+from sdtgen.data.animals import ANIMAL_CLASSES, load_animals
 from sdtgen.evaluation import metrics as metrics_module
 from sdtgen.evaluation.evaluate import load_samples, sample_labels
 from stand_ins import stand_in_inception_weights
@@ -28,7 +28,7 @@ def test_label_modes():
         sample_labels(4, 2, "random", 0)
 
 
-def test_eval_of_real_images_as_a_sample_set(tmp_path, monkeypatch):
+def test_eval_of_real_images_as_a_sample_set(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SDTGEN_CACHE_DIR", str(tmp_path / "cache"))
     images, labels = load_animals("test")
     npz = tmp_path / "real.npz"
@@ -36,6 +36,13 @@ def test_eval_of_real_images_as_a_sample_set(tmp_path, monkeypatch):
     assert sdtgen_eval("--samples", npz, "--out", tmp_path / "out") == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["class_accuracy"] > 0.95 and metrics["fid"] < 10
+    per_class, counts = metrics["class_accuracy_per_class"], metrics["class_counts"]
+    assert list(per_class) == list(counts) == list(ANIMAL_CLASSES)
+    assert list(counts.values()) == np.bincount(labels[::3].numpy(), minlength=10).tolist()
+    weighted = sum(per_class[name] * counts[name] for name in counts) / sum(counts.values())
+    assert weighted == pytest.approx(metrics["class_accuracy"], abs=1e-6) and min(per_class.values()) > 0.8
+    printed = capsys.readouterr().out
+    assert "Class accuracy per class: bear " in printed and "Every class reaches 75%" in printed
     provenance = metrics["provenance"]
     assert (
         provenance["feature_extractor"] == "sdtgen-animals"
@@ -56,6 +63,8 @@ def test_eval_of_a_checkpoint_writes_adm_npz_and_full_provenance(tmp_path, monke
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("fid", "is", "kid", "precision", "recall", "class_accuracy"):
         assert isinstance(metrics[key], float), key
+    assert metrics["class_counts"] == dict.fromkeys(ANIMAL_CLASSES, 2)  # 20 class-balanced samples
+    assert all(accuracy in (0.0, 0.5, 1.0) for accuracy in metrics["class_accuracy_per_class"].values())
     provenance = metrics["provenance"]
     recorded = "ckpt model_sha256 sampler steps cfg cfg_channels vae seed num_samples labels feature_extractor"
     for key in (*recorded.split(), "feature_extractor_weights_sha256", "torch_fidelity", "reference"):

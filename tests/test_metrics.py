@@ -13,7 +13,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.metric_fid import fid_statistics_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from sdtgen.data.animals import load_animals
+from sdtgen.data.animals import ANIMAL_CLASSES, load_animals
 from sdtgen.evaluation import EXTRACTOR_NAME, compute_metrics, fid_against_npz, load_feature_net
 from sdtgen.evaluation.feature_net import default_weights_dir, uint8_to_unit_range, weights_sha256
 from sdtgen.evaluation.metrics import ImageTensorDataset, builtin_reference_features, extract_features
@@ -117,6 +117,14 @@ def test_fid_equals_scipy_on_same_features(test_split, real_test_metrics, cache_
     assert real_test_metrics["fid"] == pytest.approx(expected, rel=1e-4)
 
 
+def test_fid_and_accuracy_only_gives_the_same_fid_and_accuracy(test_split, real_test_metrics, cache_dir):
+    images, labels = test_split
+    quick = compute_metrics(images, labels, cache_dir=cache_dir, fid_and_accuracy_only=True)
+    for key in ("fid", "class_accuracy", "class_accuracy_per_class", "class_counts"):
+        assert quick[key] == real_test_metrics[key]
+    assert all(quick[key] is None for key in ("is", "is_std", "kid", "kid_std", "precision", "recall"))
+
+
 def test_real_test_split_scores_well(real_test_metrics):
     metrics = real_test_metrics
     report = json.loads((default_weights_dir() / "training_report.json").read_text())
@@ -131,6 +139,45 @@ def test_real_test_split_scores_well(real_test_metrics):
     assert provenance["feature_extractor_weights_sha256"] == weights_sha256()
     assert provenance["num_samples"] == 1000 and provenance["num_reference"] == 9000
     assert provenance["torch_fidelity_version"] and "animals train split" in provenance["reference"]
+
+
+def brute_force_per_class(images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Each class's accuracy, counted sample by sample from the classifier's predictions."""
+    predicted = extract_features(images, EXTRACTOR_NAME, ["logits_unbiased"])["logits_unbiased"].argmax(1)
+    hits, counts = {}, {}
+    for label, guess in zip(labels.tolist(), predicted.tolist()):
+        name = ANIMAL_CLASSES[label]
+        counts[name] = counts.get(name, 0) + 1
+        hits[name] = hits.get(name, 0) + (guess == label)
+    return {name: hits[name] / counts[name] for name in counts}
+
+
+def test_per_class_accuracy_counts_each_class_alone(test_split, real_test_metrics):
+    images, labels = test_split
+    per_class = real_test_metrics["class_accuracy_per_class"]
+    assert list(per_class) == list(ANIMAL_CLASSES)  # every class, in class-id order
+    assert real_test_metrics["class_counts"] == dict.fromkeys(ANIMAL_CLASSES, 100)
+    assert per_class == pytest.approx(brute_force_per_class(images, labels), abs=1e-12)
+    assert sum(per_class.values()) / 10 == pytest.approx(real_test_metrics["class_accuracy"], abs=1e-6)
+
+    # Bear silhouettes asked for as birds, and no cats: bird falls to the share of bears taken for
+    # birds, cat is left out rather than scored 0, and every other class keeps its accuracy.
+    bear, bird, cat = (ANIMAL_CLASSES.index(name) for name in ("bear", "bird", "cat"))
+    swapped = images.clone()
+    swapped[labels == bird] = images[labels == bear]
+    kept = labels != cat
+    metrics = compute_metrics(swapped[kept], labels[kept], reference=images[::10])  # a small reference: fast
+    after = metrics["class_accuracy_per_class"]
+    assert list(after) == [name for name in ANIMAL_CLASSES if name != "cat"]
+    assert metrics["class_counts"] == {name: 100 for name in after}
+    assert after == pytest.approx(brute_force_per_class(swapped[kept], labels[kept]), abs=1e-12)
+    assert after["bird"] <= 0.05
+    for name in after:
+        if name != "bird":  # a different batching may flip a near-tie: one sample is 0.01
+            assert after[name] == pytest.approx(per_class[name], abs=0.011), name
+
+    unlabelled = compute_metrics(images[:20], reference=images[20:40])
+    assert unlabelled["class_accuracy"] is unlabelled["class_accuracy_per_class"] is unlabelled["class_counts"] is None
 
 
 def test_noise_scores_badly(real_test_metrics, cache_dir):

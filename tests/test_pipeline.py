@@ -34,7 +34,7 @@ def test_save_and_load_round_trip(run, tmp_path):
     assert index["_class_name"] == "SDTPipeline" and index["id2label"]["4"] == "dog"
     assert (
         index["transformer"] == ["sdtgen.models.dit", "SDTDiT"]
-        and index["scheduler"][1] == "FlowMatchEulerDiscreteScheduler"
+        and index["scheduler"][1] == "FlowMatchDPMSolverMultistepScheduler"
     )
     loaded = SDTPipeline.from_pretrained(tmp_path / "pipe")
     assert (

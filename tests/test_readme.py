@@ -39,6 +39,7 @@ from doc_commands import (
     scratch_env,
     shell_command,
 )
+from sdtgen.config import RunConfig
 from stand_ins import (
     cache_hub_vae,
     original_state_dict,
@@ -60,7 +61,7 @@ AS_WRITTEN = (
     "sdtgen inspect --class giraffe --out decay.png",
     "sdtgen export --ckpt runs/animals-sdt --out animals-pipeline",
     "python:from sdtgen import SDTPipeline",
-    "sdtgen eval --ckpt runs/animals-sdt --num-samples 1000 --steps 25 --out eval/animals-sdt",
+    "sdtgen eval --ckpt runs/animals-sdt --num-samples 1000 --out eval/animals-sdt",
 )
 
 SHORT_TRAINING = " train.max_steps=2 train.global_batch_size=8 train.checkpoint_every=2 train.final_eval=false sample.per_class=1 sample.steps=2"
@@ -68,7 +69,7 @@ IMAGENET_TRAINING = " model.preset=T/2 model.depth=1 model.hidden_size=64 model.
 
 # command -> the replacements it runs with, (README text, what runs instead), applied in order.
 STAND_INS = {
-    # The built-in example of an override, 2 steps instead of 600.
+    # The built-in example of an override, 2 steps instead of the default's.
     "accelerate launch scripts/train_gen.py model.attention=vanilla output_dir=runs/animals-dit": (
         ("output_dir=runs/animals-dit", "output_dir=runs/animals-dit" + SHORT_TRAINING),
     ),
@@ -151,7 +152,7 @@ def test_main_job_leaves_what_the_readme_says():
         pytest.skip("the main job has not been run in this checkout (.ci/run runs it)")
     tree = re.search(r"^```\nruns/animals-sdt/\n(.*?)^```", README.read_text(), flags=re.S | re.M).group(1)
     checkpoint = sorted((run_dir / "checkpoints").glob("checkpoint-*"))[-1]
-    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 600
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == RunConfig().train.max_steps
     for line in tree.splitlines():
         entries = re.split(r",\s*", line.strip().split("  ")[0])  # "a, b, c   what they are"
         for entry in filter(None, entries):

@@ -1,4 +1,4 @@
-"""`sdtgen sample`: seeds, batch and process invariance, guidance, class names, --ckpt kinds, bad input."""
+"""`sdtgen sample`: seeds, batch and process invariance, guidance, class names, --ckpt kinds, bad input; samplers against exact ODEs."""
 
 import io
 import json
@@ -8,6 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from diffusers import EulerDiscreteScheduler
+from diffusers.configuration_utils import FrozenDict
 from PIL import Image
 
 import test_training
@@ -16,13 +18,19 @@ from sdtgen.class_names import display_names, resolve_class
 from sdtgen.cli import build_parser, main
 from sdtgen.cli.sample import SamplePlan
 from sdtgen.config import load_config
+from sdtgen.diffusion.flow_dpm_solver import FlowMatchDPMSolverMultistepScheduler
 from sdtgen.diffusion.sampling import (
+    DEFAULT_STEPS,
+    SAMPLERS,
     Guidance,
+    default_steps,
     denoise,
     guided_prediction,
     make_scheduler,
+    objective_of,
     sample_generators,
     sample_seed,
+    sampler_of,
 )
 from sdtgen.generation import generate, to_uint8
 from sdtgen.pipeline import SDTPipeline
@@ -363,3 +371,91 @@ def test_two_processes_write_the_images_of_one(ddpm_run, tmp_path):
         json.loads(two["settings.json"])["num_processes"] == 2
         and json.loads(single["settings.json"])["num_processes"] == 1
     )
+
+
+class GaussianFlow:
+    """The exact velocity of the flow x_t = (1 - t) x0 + t noise for data x0 ~ N(mean, std^2), channel by channel.
+
+    x_t is Gaussian, with mean (1 - t) m and variance (1 - t)^2 s^2 + t^2, and jointly Gaussian with
+    the velocity noise - x0 (covariance t - (1 - t) s^2), so the conditional mean is linear in x:
+    E[noise - x0 | x_t = x] = -m + (t - (1 - t) s^2) / variance * (x - (1 - t) m). The ODE
+    dx/dt = E[...] carries x_1 = z to x_t = (1 - t) m + sqrt(variance) z (differentiate it to
+    check), so from the noise z it ends at m + s z. Called as denoise calls an SDTDiT.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean, self.std = (torch.tensor(values, dtype=torch.float64).view(1, -1, 1, 1) for values in (mean, std))
+        self.config = FrozenDict(in_channels=len(mean), input_size=2, num_classes=1, class_dropout_prob=0.0)
+        self.device, self.dtype = torch.device("cpu"), torch.float64
+
+    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        t = (timestep.double() / 1000).view(-1, 1, 1, 1)
+        m, s2 = self.mean, self.std**2
+        variance = (1 - t) ** 2 * s2 + t**2
+        return -m + (t - (1 - t) * s2) / variance * (x - (1 - t) * m)
+
+    def endpoint(self, noise: torch.Tensor) -> torch.Tensor:
+        """Where the exact ODE from t = 1 to t = 0 takes `noise`."""
+        return self.mean + self.std * noise.double()
+
+
+GAUSSIAN = GaussianFlow(mean=(0.5, -1.0), std=(0.3, 2.0))
+
+
+def gaussian_samples(sampler: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sampler`'s samples of GAUSSIAN in `steps` steps, and the exact ODE endpoints of their noise."""
+    scheduler = make_scheduler("flow", sampler, learn_sigma=False)
+    labels = torch.zeros(4, dtype=torch.long)
+    x = denoise(
+        GAUSSIAN, scheduler, labels, steps=steps, guidance=Guidance(1.0), generator=torch.Generator().manual_seed(0)
+    )
+    noise = torch.randn(4, 2, 2, 2, generator=torch.Generator().manual_seed(0))  # what denoise starts from
+    return x.double(), GAUSSIAN.endpoint(noise)
+
+
+def ode_error(sampler: str, steps: int) -> float:
+    x, exact = gaussian_samples(sampler, steps)
+    return (x - exact).abs().max().item()
+
+
+def test_flow_samplers_converge_to_the_exact_ode_endpoint_at_their_order():
+    """Each doubling of the steps halves Euler's error and (nearly) quarters the second-order samplers'."""
+    errors = {sampler: [ode_error(sampler, steps) for steps in (10, 20, 40, 80)] for sampler in SAMPLERS["flow"]}
+    for sampler, errs in errors.items():
+        ratios = [later / earlier for earlier, later in zip(errs, errs[1:])]
+        # DPM-Solver++(2M) on equal steps in t: about 0.3 at these step counts, 1/4 in the limit.
+        low, high = (0.4, 0.6) if sampler == "euler" else (0.0, 0.4)
+        assert all(low < ratio < high for ratio in ratios), (sampler, ratios)
+    assert errors["dpm++"][0] < errors["euler"][0] / 3, errors
+
+
+def test_flow_dpm_steps_from_t_1_to_0_and_calls_the_model_at_1000_t():
+    scheduler = make_scheduler("flow", "dpm++", learn_sigma=False)
+    scheduler.set_timesteps(4)
+    assert scheduler.sigmas.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert scheduler.timesteps.tolist() == [1000.0, 750.0, 500.0, 250.0]
+    # One step from t = 1 lands on E[x0 | x_1], the data mean (x_1 is independent of x0).
+    x, _ = gaussian_samples("dpm++", 1)
+    torch.testing.assert_close(x, GAUSSIAN.mean.expand_as(x), rtol=0, atol=1e-6)
+
+
+def test_sampler_and_objective_of_every_scheduler_make_scheduler_builds():
+    for objective, samplers in SAMPLERS.items():
+        for sampler in samplers:
+            scheduler = make_scheduler(objective, sampler, learn_sigma=False)
+            assert (objective_of(scheduler), sampler_of(scheduler)) == (objective, sampler)
+            assert objective_of(type(scheduler).__name__) == objective  # the class name model_index.json records
+            assert default_steps(scheduler) == DEFAULT_STEPS[objective][sampler]
+    assert sampler_of(EulerDiscreteScheduler()) is None
+
+
+def test_a_flow_pipeline_saved_with_dpm_reloads_with_it(flow_run, tmp_path):
+    pipe = load_pipeline(find_source(flow_run), sampler="dpm++")
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = SDTPipeline.from_pretrained(tmp_path / "pipe")
+    assert type(loaded.scheduler) is FlowMatchDPMSolverMultistepScheduler
+    assert (loaded.objective, sampler_of(loaded.scheduler)) == ("flow", "dpm++")
+    assert find_source(tmp_path / "pipe").objective() == "flow"  # told from model_index.json alone
+    kwargs = dict(class_labels=[1, 2], num_inference_steps=3, output_type="np")
+    before, after = (p(generator=sample_generators(0, range(2)), **kwargs).images for p in (pipe, loaded))
+    assert np.array_equal(before, after)

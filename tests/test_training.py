@@ -12,10 +12,11 @@ from safetensors.torch import load_file
 from doc_commands import two_cpu_processes
 from sdtgen import SDTDiT
 from sdtgen.config import load_config
+from sdtgen.data.animals import ANIMAL_CLASSES
 from sdtgen.training import checkpoint as ckpt
 from sdtgen.training.ema import EMA
 from sdtgen.training.randomness import EpochOrder, StepKeys, step_keys
-from sdtgen.training.trainer import train
+from sdtgen.training.trainer import learning_rate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Pixel space on the built-in set, a 2-block model: a step takes milliseconds.
@@ -229,6 +230,25 @@ def test_ema_update_and_warmup():
     assert EMA(model.to(torch.bfloat16)).model.weight.dtype == torch.float32
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_learning_rate_schedules(schedule):
+    config = load_config(
+        None, ["train.lr=0.01", "train.warmup_steps=10", "train.max_steps=110", f"train.lr_schedule={schedule}"]
+    )
+    rates = [learning_rate(config, step) for step in range(110)]
+    assert rates[:10] == pytest.approx([0.001 * (s + 1) for s in range(10)])  # linear warm-up to 0.01
+    assert rates[10] == pytest.approx(0.01)
+    decayed = {  # a quarter of the decay phase in: step 35 of 10..110
+        "constant": 0.01,
+        "cosine": 0.01 * 0.5 * (1 + 2**-0.5),
+        "linear": 0.0075,
+    }[schedule]
+    assert rates[35] == pytest.approx(decayed)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:])) and rates[-1] > 0
+    if schedule != "constant":
+        assert rates[-1] <= 0.01 * 0.01 + 1e-12  # next to nothing on the last step
+
+
 def test_epoch_order_visits_every_sample_once_per_epoch():
     order = EpochOrder(num_samples=10, global_batch_size=4, seed=3)
     stream = torch.cat([order.indices(s) for s in range(5)])  # 20 samples = 2 epochs
@@ -276,5 +296,21 @@ def test_evaluation_during_training_is_logged(tmp_path, monkeypatch, capsys):
             and 0 <= records[step]["eval_class_accuracy"] <= 1
         )
         assert "loss" in records[step]
-    printed = capsys.readouterr()
-    assert "FID" in printed.out + printed.err
+        per_class = records[step]["eval_class_accuracy_per_class"]
+        assert list(per_class) == list(ANIMAL_CLASSES) and set(per_class.values()) <= {0.0, 0.5, 1.0}  # 2 each
+        assert sum(per_class.values()) / 10 == pytest.approx(records[step]["eval_class_accuracy"], abs=1e-4)
+    printed = capsys.readouterr().out.splitlines()
+    (fid_line,) = [i for i, line in enumerate(printed) if line.startswith("Step 4: FID")]
+    shown = " · ".join(f"{name} {accuracy:.0%}" + " !" * (accuracy < 0.75) for name, accuracy in per_class.items())
+    assert printed[fid_line + 1] == f"Class accuracy per class: {shown}"
+    assert printed[fid_line + 2].startswith("! = below 75%" if min(per_class.values()) < 0.75 else "Every class")
+    # TensorBoard gets one scalar per class, next to the others in the run's one events file.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = run_dir.rglob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events.parent))
+    accumulator.Reload()
+    bear = accumulator.Scalars("train/eval_class_accuracy_per_class/bear")
+    assert [(e.step, e.value) for e in bear] == [
+        (s, records[s]["eval_class_accuracy_per_class"]["bear"]) for s in (2, 4)
+    ]

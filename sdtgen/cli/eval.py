@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> None:
         if metrics.get(k) is not None
     )
     print(f"{shown}  ->  {path}")
+    if metrics.get("class_accuracy_per_class"):
+        print("\n".join(evaluate.class_accuracy_lines(metrics["class_accuracy_per_class"])))
 
 
 def _sample_checkpoint(args: argparse.Namespace):

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 
 ATTENTION_VARIANTS = ("vanilla", "fixed", "learned-fixed", "sdt", "sdt-decomposed")  # sdtgen.models.attention
-SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++"), "flow": ("euler", "heun")}  # sdtgen.diffusion.sampling
+SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++"), "flow": ("euler", "heun", "dpm++")}  # sdtgen.diffusion.sampling
 # Shown in --help; the value used is sdtgen.diffusion.sampling.DEFAULT_GUIDANCE (the library fills in an absent --cfg).
 SHOWN_DEFAULT_GUIDANCE = 2.0
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype: the torch dtype of each name

@@ -31,6 +31,7 @@ LABEL_MODES = ("balanced", "uniform")
 SAMPLING_BATCH_SIZE = 250  # images per sampling batch, per process
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+LOW_CLASS_ACCURACY = 0.75  # the accuracy every class of the built-in run should reach (docs/evaluation.md)
 
 
 class InceptionWeightsNotFound(FileNotFoundError):
@@ -133,7 +134,9 @@ def score_model(
     cfg: float | None = None,
     batch_size: int = SAMPLING_BATCH_SIZE,
 ) -> dict[str, Any]:
-    """Metrics of an in-memory model on the built-in set (evaluation during training); `cfg` None: `default_guidance`."""
+    """FID and class accuracy (overall, per class) of an in-memory model on the built-in set, as evaluations during
+    training print them; IS, KID and precision/recall are None (`sdtgen eval` gives them). `cfg` None: `default_guidance`.
+    """
     labels = sample_labels(num_samples, model.config.num_classes, "balanced", seed)
     model.eval()
     pipe = SDTPipeline.from_model(model, vae, objective=objective, sampler=sampler)
@@ -141,7 +144,7 @@ def score_model(
     images = generate(
         pipe, labels, range(num_samples), seed=seed, batch_size=batch_size, steps=steps, guidance=guidance
     )
-    return compute_metrics(images, torch.tensor(labels), reference="animals")
+    return compute_metrics(images, torch.tensor(labels), reference="animals", fid_and_accuracy_only=True)
 
 
 def save_npz(path: Path, images: np.ndarray, labels: np.ndarray | None) -> Path:
@@ -268,3 +271,19 @@ def write_metrics(out: Path, metrics: dict[str, Any], settings: dict[str, Any], 
     path = out / "metrics.json"
     path.write_text(json.dumps(record, indent=2))
     return path
+
+
+def class_accuracy_lines(per_class: dict[str, float]) -> list[str]:
+    """Two printable lines: every class's accuracy in the order given, those below LOW_CLASS_ACCURACY
+    marked `!`; then those classes named worst first (or a line saying there are none)."""
+    marked = [f"{name} {accuracy:.0%}{' !' * (accuracy < LOW_CLASS_ACCURACY)}" for name, accuracy in per_class.items()]
+    low = sorted((accuracy, name) for name, accuracy in per_class.items() if accuracy < LOW_CLASS_ACCURACY)
+    if low:
+        worst = ", ".join(f"{name} {accuracy:.0%}" for accuracy, name in low)
+        verdict = (
+            f"! = below {LOW_CLASS_ACCURACY:.0%}, the per-class target (the classifier takes more than "
+            f"{1 - LOW_CLASS_ACCURACY:.0%} of their samples for another class); worst first: {worst}"
+        )
+    else:
+        verdict = f"Every class reaches {LOW_CLASS_ACCURACY:.0%}, the per-class target."
+    return [f"Class accuracy per class: {' · '.join(marked)}", verdict]

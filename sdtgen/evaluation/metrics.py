@@ -155,6 +155,20 @@ def _check_labels(labels: torch.Tensor | np.ndarray, num_samples: int) -> torch.
     return labels
 
 
+def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, float], dict[str, int]]:
+    """Accuracy and sample count of each class present in ``labels``, keyed by the built-in set's class names.
+
+    ``correct``: whether the classifier assigned sample i its label ``labels[i]``. Returns
+    ``({name: accuracy}, {name: number of samples})``, both in class-id order; classes
+    with no sample are left out (an accuracy of nothing is not 0).
+    """
+    counts = torch.bincount(labels, minlength=len(ANIMAL_CLASSES))
+    hits = torch.bincount(labels, weights=correct.double(), minlength=len(ANIMAL_CLASSES))
+    present = counts.nonzero().flatten().tolist()
+    accuracy = {ANIMAL_CLASSES[c]: hits[c].item() / counts[c].item() for c in present}
+    return accuracy, {ANIMAL_CLASSES[c]: int(counts[c]) for c in present}
+
+
 def compute_metrics(
     samples: torch.Tensor | np.ndarray,
     sample_labels: torch.Tensor | np.ndarray | None = None,
@@ -165,6 +179,7 @@ def compute_metrics(
     cache_dir: Path | None = None,
     feature_extractor_weights_path: str | None = None,
     fid_statistics: str | Path | None = None,
+    fid_and_accuracy_only: bool = False,
 ) -> dict[str, Any]:
     """FID, IS, KID, precision/recall (and class accuracy) of ``samples`` against ``reference``.
 
@@ -176,7 +191,11 @@ def compute_metrics(
     ``fid_statistics``: a reference batch ``.npz`` whose precomputed ``mu``/``sigma`` are
     FID's reference instead of ``reference`` (see :func:`fid_against_npz`). Returns
     ``fid``, ``is``, ``is_std``, ``kid``, ``kid_std``, ``precision``, ``recall``,
-    ``class_accuracy`` (None without labels or another extractor) and ``provenance``.
+    ``class_accuracy``, ``class_accuracy_per_class`` and ``class_counts`` (all three None
+    without labels or with another extractor; see :func:`per_class_accuracy`) and
+    ``provenance``. ``fid_and_accuracy_only`` leaves IS, KID and precision/recall out (None):
+    evaluations during training print FID and class accuracy alone, and precision/recall's
+    nearest neighbours among 9,000 reference images cost more than the rest together.
     """
     samples = to_nchw_uint8(samples)
     npz = None if fid_statistics is None else load_npz_statistics(fid_statistics)
@@ -212,28 +231,40 @@ def compute_metrics(
     else:
         fid = _fid_against_statistics(features[layer], npz, feature_extractor, layer)
     splits = min(ISC_SPLITS, len(samples))  # torch-fidelity returns NaN for a split with no sample
-    isc = isc_features_to_metric(features[logits_layer], splits=splits, rng_seed=seed)
-    kid = kid_features_to_metric(
-        features[layer],
-        reference_features,
-        kid_subsets=KID_SUBSETS,
-        kid_subset_size=subset,
-        rng_seed=seed,
-        verbose=False,
-    )
-    # torch-fidelity's convention: input 1 is generated, input 2 is real.
-    prc = prc_features_to_metric(
-        features[layer],
-        reference_features,
-        prc_neighborhood=PRC_NEIGHBORHOOD,
-        prc_batch_size=_PRC_BATCH,
-        save_cpu_ram=True,
-        verbose=False,
-    )
+    extras = dict.fromkeys(("is", "is_std", "kid", "kid_std", "precision", "recall"))
+    if not fid_and_accuracy_only:
+        isc = isc_features_to_metric(features[logits_layer], splits=splits, rng_seed=seed)
+        kid = kid_features_to_metric(
+            features[layer],
+            reference_features,
+            kid_subsets=KID_SUBSETS,
+            kid_subset_size=subset,
+            rng_seed=seed,
+            verbose=False,
+        )
+        # torch-fidelity's convention: input 1 is generated, input 2 is real.
+        prc = prc_features_to_metric(
+            features[layer],
+            reference_features,
+            prc_neighborhood=PRC_NEIGHBORHOOD,
+            prc_batch_size=_PRC_BATCH,
+            save_cpu_ram=True,
+            verbose=False,
+        )
+        extras = {
+            "is": isc["inception_score_mean"],
+            "is_std": isc["inception_score_std"],
+            "kid": kid["kernel_inception_distance_mean"],
+            "kid_std": kid["kernel_inception_distance_std"],
+            "precision": prc["precision"],
+            "recall": prc["recall"],
+        }
 
-    class_accuracy = None
+    class_accuracy = per_class = class_counts = None
     if labels is not None and feature_extractor == feature_net.EXTRACTOR_NAME:
-        class_accuracy = (features[logits_layer].argmax(dim=1) == labels).float().mean().item()
+        correct = features[logits_layer].argmax(dim=1) == labels
+        class_accuracy = correct.float().mean().item()
+        per_class, class_counts = per_class_accuracy(correct, labels)
 
     provenance = {
         **_extractor_provenance(feature_extractor, weights_sha, layer, len(samples)),
@@ -250,13 +281,10 @@ def compute_metrics(
         provenance["fid_reference"] = npz.description
     return {
         "fid": fid["frechet_inception_distance"],
-        "is": isc["inception_score_mean"],
-        "is_std": isc["inception_score_std"],
-        "kid": kid["kernel_inception_distance_mean"],
-        "kid_std": kid["kernel_inception_distance_std"],
-        "precision": prc["precision"],
-        "recall": prc["recall"],
+        **extras,
         "class_accuracy": class_accuracy,
+        "class_accuracy_per_class": per_class,
+        "class_counts": class_counts,
         "provenance": provenance,
     }
 

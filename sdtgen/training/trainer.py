@@ -15,6 +15,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -92,9 +93,21 @@ def build_objective(config: RunConfig, learn_sigma: bool):
 
 
 def learning_rate(config: RunConfig, step: int) -> float:
-    """Constant (DiT) after an optional linear warm-up; a pure function of the step."""
-    warmup = config.train.warmup_steps
-    return config.train.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else config.train.lr
+    """The learning rate of optimizer step `step` (0-based); a pure function of the step, so resume is exact.
+
+    A linear warm-up over `warmup_steps`, then `lr_schedule`: constant (DiT), or a cosine or
+    linear decay from `lr` at the first step after warm-up towards 0 at `max_steps`. Short runs gain most from the decay: the
+    last steps average out the gradient noise a constant rate keeps injecting.
+    """
+    t = config.train
+    if t.warmup_steps > 0 and step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return t.lr
+    progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+    if t.lr_schedule == "cosine":
+        return t.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return t.lr * (1.0 - progress)
 
 
 class Trainer:
@@ -323,7 +336,7 @@ class Trainer:
                     "images_per_s": round(speed, 2),
                     **evaluation,
                 }
-                self.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
+                self.accelerator.log(_tracker_scalars(record), step=step)
                 if log:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
@@ -349,11 +362,11 @@ class Trainer:
             return False
         return bool((t.eval_every and step % t.eval_every == 0) or (t.final_eval and step == t.max_steps))
 
-    def evaluate(self, step: int) -> dict[str, float]:
-        """FID and class accuracy of the EMA model on `train.eval_samples` class-balanced samples."""
-        metrics: dict[str, float] = {}
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """FID and class accuracy (overall and per class) of the EMA model on `train.eval_samples` class-balanced samples."""
+        metrics: dict[str, Any] = {}
         if self.accelerator.is_main_process:
-            from sdtgen.evaluation.evaluate import score_model
+            from sdtgen.evaluation.evaluate import class_accuracy_lines, score_model
 
             s = self.config.sample
             result = score_model(
@@ -369,6 +382,9 @@ class Trainer:
             metrics = {
                 "eval_fid": round(result["fid"], 4),
                 "eval_class_accuracy": round(result["class_accuracy"], 4),
+                "eval_class_accuracy_per_class": {
+                    name: round(accuracy, 4) for name, accuracy in result["class_accuracy_per_class"].items()
+                },
                 "eval_samples": self.config.train.eval_samples,
             }
             if step == self.config.train.max_steps:
@@ -377,6 +393,8 @@ class Trainer:
                     f"{self.config.train.eval_samples} samples against the training split (built-in feature network; "
                     "`sdtgen eval` for more samples)."
                 )
+                for line in class_accuracy_lines(result["class_accuracy_per_class"]):
+                    tqdm.write(line)
         self.accelerator.wait_for_everyone()
         return metrics
 
@@ -398,6 +416,18 @@ class Trainer:
                 classes=s.classes,
             )
         self.accelerator.wait_for_everyone()
+
+
+def _tracker_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """A log.jsonl record as tracker scalars under `train/`; a dict (per-class accuracy) gives one scalar per key,
+    where accelerate's add_scalars would write one TensorBoard run folder per key."""
+    scalars = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            scalars.update({f"train/{key}/{name}": v for name, v in value.items()})
+        elif key != "step":
+            scalars[f"train/{key}"] = value
+    return scalars
 
 
 def _tensorboard_if_installed() -> list[str] | None:
