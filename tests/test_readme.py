@@ -40,6 +40,7 @@ from doc_commands import (
     shell_command,
 )
 from sdtgen.config import RunConfig
+from sdtgen.diffusion.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS
 from stand_ins import (
     cache_hub_vae,
     original_state_dict,
@@ -151,7 +152,7 @@ def test_main_job_leaves_what_the_readme_says():
     if run_dir is None:
         pytest.skip("the main job has not been run in this checkout (.ci/run runs it)")
     tree = re.search(r"^```\nruns/animals-sdt/\n(.*?)^```", README.read_text(), flags=re.S | re.M).group(1)
-    checkpoint = sorted((run_dir / "checkpoints").glob("checkpoint-*"))[-1]
+    checkpoint = max((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
     assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == RunConfig().train.max_steps
     for line in tree.splitlines():
         entries = re.split(r",\s*", line.strip().split("  ")[0])  # "a, b, c   what they are"
@@ -186,7 +187,8 @@ def test_built_in_commands_run_as_written(tmp_path):
     assert Image.open(cwd / "decay.png").size[0] > 100
     assert (cwd / "animals-pipeline" / "model_index.json").is_file()
     metrics = json.loads((cwd / "eval" / "animals-sdt" / "metrics.json").read_text())
-    assert metrics["provenance"]["num_samples"] == 1000 and metrics["provenance"]["steps"] == 25
+    default_steps = DEFAULT_STEPS["flow"][DEFAULT_SAMPLER["flow"]]  # the README's eval command passes no --steps
+    assert metrics["provenance"]["num_samples"] == 1000 and metrics["provenance"]["steps"] == default_steps
     assert 0.0 <= metrics["class_accuracy"] <= 1.0 and np.isfinite(metrics["fid"])
 
     override_example = next(c for c in STAND_INS if c.endswith("output_dir=runs/animals-dit"))
