@@ -59,6 +59,12 @@ SHORT_RUN = "train.max_steps=2 train.global_batch_size=4 train.checkpoint_every=
 # ImageNet, at 64 px (8x8 latents, the stand-in DiTs' size) so that encoding it stays short.
 IMAGENET_64 = "data.dataset={imagenet} data.image_size=64"
 
+# The ablation shrunk: 2 steps a run, 3 variants x 2 seeds, 20 samples of one sampler step, one cost round.
+ABLATION_SHRUNK = (
+    " --steps 2 --eval-every 1 --eval-samples 20 --eval-steps 1 --seeds 0 1 --variants vanilla fixed sdt"
+    " --spread-seeds 2 --noise-levels 0.5 --cost-repeats 1"
+)
+
 # page -> its commands in the order they run, each with its stand-ins ((page text, what runs instead), ...).
 PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
     "benchmarks.md": (
@@ -110,6 +116,13 @@ PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
             (),
         ),
         ("sdtgen extract-latents --verify --out cache/imagenet256-latents", ()),
+    ),
+    "ablation.md": (
+        ("python scripts/ablation.py", (("scripts/ablation.py", "scripts/ablation.py" + ABLATION_SHRUNK),)),
+        (
+            "python scripts/ablation.py --report-only --publish docs/ablation",
+            (("--report-only", ABLATION_SHRUNK + " --report-only"),),
+        ),
     ),
     "recipe.md": (
         # Reads the committed results; training a candidate is NOT_RUN.
@@ -246,9 +259,11 @@ NOT_RUN = {
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers heun --nfe 49": CURVE_ON_THE_BUILT_IN_MODEL,
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --nfe 4 7 8 12 25 49 --guidance-sampler dpm++ --guidance-steps 12 --guidance-scales 1 1.5 2 3 4 --report-only": CURVE_ON_THE_BUILT_IN_MODEL,
     "python scripts/sweep_recipe.py": "trains every candidate of the recipe sweep, about 20 minutes each on 2 cores",
-    "python scripts/ablation.py": "each variant's training ends with the built-in run's 200-sample evaluation, then the "
-    "script evaluates it again: about 100 s a variant even at 2 steps",
-    "python scripts/ablation.py --seeds 1": "as `python scripts/ablation.py`",
+    "python scripts/ablation.py --grids 256 --cost-only": "times five T/1 models' training steps, about 2 minutes here; "
+    "the planned run times the T/2 steps with the same code",
+    "python scripts/ablation.py --grids 256": "the 256-token study, about 8 hours here (docs/ablation.md)",
+    "python scripts/ablation.py --grids 64 256 --steps 1200 --eval-every 200 --eval-samples 1000 --out runs/ablation-full": "the "
+    "full study, days on 2 cores (docs/ablation.md); the planned run covers its code",
     "python scripts/train_vae.py --out sdtgen/assets/vae": "rebuilds the shipped VAE; 20 s even at 2 steps, as it encodes "
     "all 10,000 images for the scaling factor and the test PSNR",
     "hf download facebook/DiT-XL-2-256 --local-dir DiT-XL-2-256": "needs the network; the test lays out that folder itself",
@@ -372,6 +387,36 @@ def test_latents_page(scratch, tmp_path):
     assert json.loads((cwd / "cache" / "animals-latents" / "manifest.json").read_text())["complete"]
     manifest = json.loads((cwd / "cache" / "imagenet256-latents" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["num_samples"] == 10 and manifest["latent_shape"] == [4, 32, 32]
+
+
+@pytest.mark.slow
+def test_ablation_page(scratch):
+    cwd, env = scratch
+    link_repo_folders(cwd, "scripts")
+    outputs = run_page("ablation.md", cwd, env)
+    results = json.loads((cwd / "runs" / "ablation" / "results.json").read_text())
+    assert {(r["variant"], r["seed"]) for r in results["runs"]} == {
+        (v, s) for v in ("vanilla", "fixed", "sdt") for s in (0, 1)
+    }
+    assert all([p["step"] for p in r["curve"]] == [1, 2] for r in results["runs"])
+    grid = results["grids"]["64"]
+    assert grid["paired"]["fid"]["fixed"]["sdt"]["n"] == 2 and "fixed" not in grid["paired"]["fid"]["fixed"]
+    spread = grid["eval_spread"]["runs"]["sdt-seed0"]
+    assert [r["sampling_seed"] for r in spread] == [0, 1]
+    # sampling seed 0 is the run's own evaluation seed: the same score as training's last evaluation
+    sdt0 = next(r for r in results["runs"] if (r["variant"], r["seed"]) == ("sdt", 0))
+    assert spread[0]["fid"] == pytest.approx(sdt0["fid"], abs=1e-3)
+    assert set(grid["content"]) == {"sdt-seed0", "sdt-seed1"}
+    assert set(results["cost"]["64"]["x_vanilla"]) == {"vanilla", "fixed", "learned-fixed", "sdt", "sdt-decomposed"}
+    published = cwd / "docs" / "ablation"
+    assert {p.name for p in published.iterdir()} == {
+        "results.json",
+        "results.md",
+        "curves.png",
+        "paired.png",
+        "content.png",
+    }
+    assert "Paired differences" in outputs["python scripts/ablation.py --report-only --publish docs/ablation"]
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from sdtgen.models.embeddings import LabelEmbedder, PatchEmbed, TimestepEmbedder
 # name -> (depth, hidden_size, num_heads): DiT's table, plus sdtgen's tiny "T" that trains
 # the built-in animals model on a laptop CPU in minutes.
 MODEL_SIZES = {"T": (4, 192, 3), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
-PATCH_SIZES = (2, 4, 8)
+PATCH_SIZES = (1, 2, 4, 8)  # patch 1: every latent pixel a token (the ablation's 256-token grid)
 PRESETS = tuple(f"{size}/{patch}" for size in MODEL_SIZES for patch in PATCH_SIZES)
 
 

@@ -1,0 +1,85 @@
+"""scripts/ablation.py: its statistics against closed forms and brute force, its run bookkeeping on logs.
+
+The script end to end (training, evaluation, the eval's spread, content statistics, report) runs shrunk in
+tests/test_docs.py, from docs/ablation.md's own command.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+
+from tiny_runs import REPO
+
+SCRIPT = REPO / "scripts" / "ablation.py"
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_t_interval_closed_form(ablation):
+    # values 1, 2, 3: mean 2, sd 1, t(0.975, df 2) = 4.302653 (any t table), half width 4.302653 / sqrt(3)
+    stat = ablation.t_interval([1.0, 2.0, 3.0])
+    half = 4.302653 / math.sqrt(3)
+    assert stat["mean"] == 2.0 and stat["sd"] == 1.0 and stat["n"] == 3
+    assert stat["ci95"] == pytest.approx([2 - half, 2 + half], abs=1e-5)
+    assert not stat["established"]  # [-0.48, 4.48] holds 0
+    # five seeds, df 4: t = 2.776445
+    stat = ablation.t_interval([0.5, 0.7, 0.6, 0.4, 0.8])
+    half = 2.776445 * stat["sd"] / math.sqrt(5)
+    assert stat["ci95"] == pytest.approx([0.6 - half, 0.6 + half], abs=1e-5) and stat["established"]
+    assert ablation.t_interval([0.3])["ci95"] is None
+
+
+def test_paired_differences_brute_force(ablation):
+    fid = {("vanilla", 0): 50.0, ("fixed", 0): 48.0, ("sdt", 0): 47.0, ("vanilla", 1): 52.0, ("fixed", 1): 49.5}
+    fid[("sdt", 1)] = 50.0
+    fid[("sdt", 2)] = 40.0  # no fixed run in seed 2: not paired
+    runs = [{"grid": "64", "variant": v, "seed": s, "fid": f} for (v, s), f in fid.items()]
+    runs.append({"grid": "256", "variant": "fixed", "seed": 2, "fid": 0.0})  # another grid: ignored
+    paired = ablation.paired_differences(runs, "64", "fid", "fixed")
+    assert set(paired) == {"vanilla", "sdt"}
+    assert paired["sdt"]["seeds"] == [0, 1] and paired["sdt"]["diffs"] == [-1.0, 0.5]
+    assert paired["vanilla"]["diffs"] == [2.0, 2.5] and paired["vanilla"]["mean"] == 2.25
+
+
+def test_summarize_run_reads_the_curve_from_the_log(ablation, tmp_path):
+    log = [
+        {"step": 50, "images_per_s": 80.0},
+        {"step": 100, "images_per_s": 20.0, "eval_fid": 90.0, "eval_class_accuracy": 0.2},
+        {"step": 150, "images_per_s": 90.0},
+        {"step": 200, "images_per_s": 5.0, "eval_fid": 70.0, "eval_class_accuracy": 0.3},
+    ]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log))
+    summary = ablation.summarize_run(tmp_path, "64", "sdt", 3)
+    assert summary["curve"] == [
+        {"step": 100, "fid": 90.0, "class_accuracy": 0.2},
+        {"step": 200, "fid": 70.0, "class_accuracy": 0.3},
+    ]
+    assert (summary["fid"], summary["class_accuracy"]) == (70.0, 0.3)
+    assert ablation.finished(tmp_path, 200) and not ablation.finished(tmp_path, 300)
+
+
+def test_step_costs_time_every_variant_against_vanilla(ablation):
+    cost = ablation.step_costs("64", batch=2, repeats=1)
+    assert set(cost["x_vanilla"]) == set(ablation.VARIANTS) and cost["x_vanilla"]["vanilla"] == 1.0
+    assert all(ms > 0 for ms in cost["step_ms"].values())
+
+
+def test_run_overrides_change_only_attention_and_seed_within_a_grid(ablation):
+    args = ablation.argparse.Namespace(
+        out="runs/x", steps=200, eval_every=100, eval_samples=500, eval_steps=8, latent_cache="cache/a"
+    )
+    a = ablation.run_overrides(args, "64", "fixed", 0)
+    b = ablation.run_overrides(args, "64", "sdt", 1)
+    differ = {x.split("=")[0] for x in set(a) ^ set(b)}
+    assert differ == {"output_dir", "model.attention", "seed"}
+    assert "model.preset=T/1" in ablation.run_overrides(args, "256", "sdt", 1)
