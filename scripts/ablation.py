@@ -1,9 +1,9 @@
 """Does SDT help generation? Every attention variant, paired over seeds, at two token grids.
 
     python scripts/ablation.py                       # what docs/ablation.md reports: 64 tokens, 5 variants x 5 seeds
-    python scripts/ablation.py --grids 256           # the 256-token grid (patch 1 on the 16x16 latents), ~4x the cost
+    python scripts/ablation.py --grids 256           # the 256-token grid (patch 1 on the 16x16 latents), ~6 h here
     python scripts/ablation.py --grids 64 256 --steps 1200 --eval-every 200 --eval-samples 1000 \\
-        --out runs/ablation-full                     # the full study (hours here; minutes on a GPU)
+        --out runs/ablation-full                     # the full study (~40 h on 2 CPU cores; a GPU: not measured)
     python scripts/ablation.py --report-only --publish docs/ablation   # tables and plots from the runs there
 
 Each run trains the built-in recipe (T/2 for 64 tokens, T/1 for 256; flow matching; batch 64; AdamW 1e-3,
@@ -12,7 +12,7 @@ the same batches, flips, latent draws, timesteps and noise (functions of (seed, 
 the same sampling noise (the training-time evaluation samples from the run's seed), so the paired
 difference variant - baseline removes the seed's shared part. Initial weights are identical among
 vanilla, fixed and learned-fixed, and between sdt and sdt-decomposed; the two groups differ because the
-gate's construction draws random numbers (that part is in the intervals, as seed noise).
+gate draws random numbers at initialisation (that part is in the intervals, as seed noise).
 
 Outputs in --out: results.json (every run's FID / class-accuracy curve, the paired statistics, the eval's
 own spread, the content-dependence rows, costs), results.md (the tables) and three PNGs: FID-vs-step
