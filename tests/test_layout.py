@@ -17,7 +17,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sdtgen"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("sdtgen.models", "sdtgen.class_names", "sdtgen.distributed"),
     ("sdtgen.diffusion", "sdtgen.vae", "sdtgen.data"),
-    ("sdtgen.config", "sdtgen.pipeline", "sdtgen.generation", "sdtgen.decay_maps", "sdtgen.decay_content", "sdtgen.convert"),
+    (
+        "sdtgen.config",
+        "sdtgen.pipeline",
+        "sdtgen.generation",
+        "sdtgen.decay_maps",
+        "sdtgen.decay_content",
+        "sdtgen.convert",
+    ),
     ("sdtgen.runs",),
     ("sdtgen.evaluation",),
     ("sdtgen.training",),
