@@ -23,6 +23,7 @@ Re-running skips finished runs and measurements, so an interrupted study continu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -158,19 +159,29 @@ def eval_spread(run: Path, sampling_seeds: list[int], args: argparse.Namespace) 
     return rows
 
 
-def content_rows(run: Path, args: argparse.Namespace) -> list[dict]:
-    """Object / background log-decay statistics of a trained run on the test split's silhouettes."""
+@functools.lru_cache(maxsize=2)
+def encoded_test_split(vae_spec: str):
+    """The test split's silhouettes in [-1, 1], their posterior-mean latents and labels: encoded once per VAE,
+    not once per run."""
     import torch
 
     from sdtgen.data.animals import load_animals
-    from sdtgen.decay_content import content_dependence
+    from sdtgen.vae import load_vae
 
-    model, vae, _ = load_trained(run)
+    vae = load_vae(vae_spec)
     images, labels = load_animals("test")
     images = images.float() / 127.5 - 1.0
     with torch.no_grad():
         mean, _ = vae.encode_moments(images)
-        latents = vae.scale_latent(mean)
+    return vae.scale_latent(mean), images, labels
+
+
+def content_rows(run: Path, args: argparse.Namespace) -> list[dict]:
+    """Object / background log-decay statistics of a trained run on the test split's silhouettes."""
+    from sdtgen.decay_content import content_dependence
+
+    model, _, config = load_trained(run)
+    latents, images, labels = encoded_test_split(config.data.vae)
     return content_dependence(model, latents, images, labels, args.noise_levels)
 
 
