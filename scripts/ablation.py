@@ -1,10 +1,10 @@
 """Does SDT help generation? Every attention variant, paired over seeds, at two token grids.
 
     python scripts/ablation.py                       # what docs/ablation.md reports: 64 tokens, 5 variants x 5 seeds
-    python scripts/ablation.py --grids 256           # the 256-token grid (patch 1 on the 16x16 latents), ~6 h here
+    python scripts/ablation.py --grids 256           # the 256-token grid (patch 1 on the 16x16 latents), ~7.5 h here
     python scripts/ablation.py --grids 64 256 --steps 1200 --eval-every 200 --eval-samples 1000 \\
-        --out runs/ablation-full                     # the full study (~40 h on 2 CPU cores; a GPU: not measured)
-    python scripts/ablation.py --report-only --publish docs/ablation   # tables and plots from the runs there
+        --out runs/ablation-full                     # the full study (~50 h on 2 CPU cores; a GPU: not measured)
+    python scripts/ablation.py --grids 64 256 --report-only --publish docs/ablation   # tables and plots
 
 Each run trains the built-in recipe (T/2 for 64 tokens, T/1 for 256; flow matching; batch 64; AdamW 1e-3,
 cosine decay over --steps) with only `model.attention` and `seed` changed. Within a seed, every variant sees
@@ -272,6 +272,8 @@ def markdown(results: dict) -> str:
     lines = []
     for grid, g in results["grids"].items():
         runs = [r for r in results["runs"] if r["grid"] == grid]
+        if not runs:  # a grid asked for in --report-only before any of its runs finished
+            continue
         seeds = sorted({r["seed"] for r in runs})
         lines += [f"## {grid} tokens ({GRIDS[grid]}), seeds {', '.join(map(str, seeds))}", ""]
         lines += ["| variant | FID per seed | mean FID | class acc. per seed (%) | mean acc. | step time / vanilla |"]
@@ -298,7 +300,7 @@ def markdown(results: dict) -> str:
             if any(cells):
                 lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         spread = g.get("eval_spread", {})
-        if spread:
+        if spread.get("runs"):
             lines += ["", "The evaluation's own spread (same model, different sampling seeds):", ""]
             lines += [
                 "| run | sampling seeds | FID | class acc. (%) | FID sd | acc. sd (points) |",
@@ -335,7 +337,7 @@ def markdown(results: dict) -> str:
                 )
         lines.append("")
     if results["cost"]:
-        grids = list(results["cost"])
+        grids = sorted(results["cost"], key=int)
         first = results["cost"][grids[0]]
         lines += [f"## Cost: one training step, batch {first['batch']}, {first['device']}, {first['precision']}", ""]
         lines += ["| variant | " + " | ".join(f"{g} tokens: ms | x vanilla" for g in grids) + " |"]
