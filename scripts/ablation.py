@@ -113,9 +113,22 @@ def t_interval(values: list[float]) -> dict:
     }
 
 
-def paired_differences(runs: list[dict], grid: str, metric: str, baseline: str) -> dict:
-    """Per variant: variant - baseline within each seed where both ran, with the interval of the mean."""
-    by_key = {(r["variant"], r["seed"]): r[metric] for r in runs if r["grid"] == grid}
+def paired_differences(runs: list[dict], grid: str, metric: str, baseline: str, step: int | None = None) -> dict:
+    """Per variant: variant - baseline within each seed where both ran, with the interval of the mean.
+
+    With `step`, the scores are those of the evaluation at that step of each run's curve (runs that did not
+    reach it are left out); without, the final ones.
+    """
+    if step is None:
+        by_key = {(r["variant"], r["seed"]): r[metric] for r in runs if r["grid"] == grid}
+    else:
+        by_key = {
+            (r["variant"], r["seed"]): point[metric]
+            for r in runs
+            if r["grid"] == grid
+            for point in r["curve"]
+            if point["step"] == step
+        }
     out = {}
     for variant in VARIANTS:
         seeds = sorted(s for v, s in by_key if v == variant and (baseline, s) in by_key)
@@ -268,6 +281,26 @@ def fmt_interval(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
     return f"{stat['mean'] * scale:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{mark}"
 
 
+def curve_table(paired_by_step: dict) -> list[str]:
+    """Markdown rows: each paired FID and accuracy gap at every evaluated step (empty below two steps)."""
+    if len(paired_by_step) < 2:
+        return []
+    steps = sorted(paired_by_step, key=int)
+    lines = ["", "The same gaps along the training curves (mean [95 % CI] at each evaluated step):", ""]
+    lines += ["| comparison | metric | " + " | ".join(f"step {s}" for s in steps) + " |"]
+    lines += ["|---|---|" + "---:|" * len(steps)]
+    for baseline in BASELINES:
+        for variant in VARIANTS:
+            if (variant, baseline) == ("vanilla", "fixed"):  # the mirror of fixed - vanilla
+                continue
+            for metric, scale, digits in (("fid", 1.0, 1), ("class_accuracy", 100.0, 1)):
+                stats = [paired_by_step[s][metric][baseline].get(variant) for s in steps]
+                if any(stats):
+                    cells = [fmt_interval(stat, scale, digits) if stat else "" for stat in stats]
+                    lines.append(f"| {variant} - {baseline} | {METRICS[metric]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(results: dict) -> str:
     lines = []
     for grid, g in results["grids"].items():
@@ -299,6 +332,7 @@ def markdown(results: dict) -> str:
                     cells.append(fmt_interval(stat, scale) if stat else "")
             if any(cells):
                 lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines += curve_table(g.get("paired_by_step", {}))
         spread = g.get("eval_spread", {})
         if spread.get("runs"):
             lines += ["", "The evaluation's own spread (same model, different sampling seeds):", ""]
@@ -339,7 +373,8 @@ def markdown(results: dict) -> str:
     if results["cost"]:
         grids = sorted(results["cost"], key=int)
         first = results["cost"][grids[0]]
-        lines += [f"## Cost: one training step, batch {first['batch']}, {first['device']}, {first['precision']}", ""]
+        precision = {"no": "fp32"}.get(first["precision"], first["precision"])  # "no" is accelerate's word for none
+        lines += [f"## Cost: one training step, batch {first['batch']}, {first['device']}, {precision}", ""]
         lines += ["| variant | " + " | ".join(f"{g} tokens: ms | x vanilla" for g in grids) + " |"]
         lines += ["|---|" + "---:|---:|" * len(grids)]
         for variant in VARIANTS:
@@ -452,6 +487,12 @@ def study_grid(args: argparse.Namespace, grid: str, previous: dict, results: dic
         g = {"protocol": protocol}
     results["grids"][grid] = g
     g["paired"] = {m: {b: paired_differences(results["runs"], grid, m, b) for b in BASELINES} for m in METRICS}
+    # The same along the curves: whether a gap holds, opens or closes with training.
+    steps = sorted({p["step"] for r in results["runs"] if r["grid"] == grid for p in r["curve"]})
+    g["paired_by_step"] = {
+        str(step): {m: {b: paired_differences(results["runs"], grid, m, b, step) for b in BASELINES} for m in METRICS}
+        for step in steps
+    }
     pair = [run_dir(args, grid, v, args.seeds[0]) for v in ("fixed", "sdt")]
     spread = g.setdefault("eval_spread", {"runs": {}})
     if not args.report_only and all(finished(r, args.steps) for r in pair):

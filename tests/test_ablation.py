@@ -51,6 +51,37 @@ def test_paired_differences_brute_force(ablation):
     assert paired["vanilla"]["diffs"] == [2.0, 2.5] and paired["vanilla"]["mean"] == 2.25
 
 
+def test_paired_differences_at_a_step_of_the_curves(ablation):
+    def run(variant, seed, curve):
+        points = [{"step": step, "fid": fid, "class_accuracy": acc} for step, fid, acc in curve]
+        return {"grid": "64", "variant": variant, "seed": seed, "curve": points, **points[-1]}
+
+    runs = [
+        run("fixed", 0, [(100, 90.0, 0.1), (200, 60.0, 0.2)]),
+        run("sdt", 0, [(100, 70.0, 0.3), (200, 61.0, 0.1)]),
+        run("fixed", 1, [(100, 80.0, 0.1), (200, 50.0, 0.2)]),
+        run("sdt", 1, [(100, 75.0, 0.2), (200, 52.0, 0.4)]),
+        run("sdt", 2, [(100, 10.0, 0.9)]),  # stopped early, and no fixed run: not paired
+    ]
+    at_100 = ablation.paired_differences(runs, "64", "fid", "fixed", step=100)["sdt"]
+    assert at_100["seeds"] == [0, 1] and at_100["diffs"] == [-20.0, -5.0] and at_100["mean"] == -12.5
+    accuracy = ablation.paired_differences(runs, "64", "class_accuracy", "fixed", step=100)["sdt"]
+    assert accuracy["diffs"] == pytest.approx([0.2, 0.1])
+    # the last step of the curve is the final score
+    final = ablation.paired_differences(runs, "64", "fid", "fixed")["sdt"]
+    assert ablation.paired_differences(runs, "64", "fid", "fixed", step=200)["sdt"]["diffs"] == final["diffs"]
+    by_step = {
+        str(step): {
+            m: {b: ablation.paired_differences(runs, "64", m, b, step) for b in ("fixed", "vanilla")}
+            for m in ("fid", "class_accuracy")
+        }
+        for step in (100, 200)
+    }
+    table = "\n".join(ablation.curve_table(by_step))
+    assert "| sdt - fixed | FID | -12.5 [" in table and "| step 100 | step 200 |" in table
+    assert ablation.curve_table({"200": by_step["200"]}) == []  # one step: the final table says it all
+
+
 def test_summarize_run_reads_the_curve_from_the_log(ablation, tmp_path):
     log = [
         {"step": 50, "images_per_s": 80.0},

@@ -264,6 +264,12 @@ NOT_RUN = {
     "python scripts/ablation.py --grids 256": "the 256-token study, about 7.5 hours here (docs/ablation.md)",
     "python scripts/ablation.py --grids 64 256 --steps 1200 --eval-every 200 --eval-samples 1000 --out runs/ablation-full": "the "
     "full study, days on 2 cores (docs/ablation.md); the planned run covers its code",
+    "python scripts/ablation.py --steps 1200 --eval-every 200 --eval-samples 1000 --out runs/ablation-full --variants "
+    "fixed sdt --seeds 0 1": "four full-length runs, ~25 minutes each here, then their eval spread and content; the "
+    "planned run covers its code",
+    "python scripts/ablation.py --steps 1200 --eval-every 200 --eval-samples 1000 --out runs/ablation-full "
+    "--report-only --publish docs/ablation-full": "reads the full-length runs (hours to train); the planned "
+    "--report-only run covers its code",
     "python scripts/train_vae.py --out sdtgen/assets/vae": "rebuilds the shipped VAE; 20 s even at 2 steps, as it encodes "
     "all 10,000 images for the scaling factor and the test PSNR",
     "hf download facebook/DiT-XL-2-256 --local-dir DiT-XL-2-256": "needs the network; the test lays out that folder itself",
@@ -418,6 +424,7 @@ def test_ablation_page(scratch):
     }
     report = outputs["python scripts/ablation.py --grids 64 256 --report-only --publish docs/ablation"]
     assert "Paired differences" in report
+    assert "| sdt - fixed | FID |" in report  # the gaps at each evaluated step (steps 1 and 2)
     assert "## 256 tokens" not in report  # asked for, but none of its runs exists: no empty section
 
 
