@@ -104,12 +104,15 @@ def t_interval(values: list[float]) -> dict:
         return {"n": len(values), "mean": mean, "sd": None, "ci95": None, "established": False}
     sd = statistics.stdev(values)
     half = stats.t.ppf(0.975, len(values) - 1) * sd / len(values) ** 0.5
+    # Equal differences (two seeds whose class accuracies differ by the same 1/1000) give a zero-width
+    # interval; no spread among a few seeds is not evidence of none, so that is not called established.
+    tied = sd <= 1e-9 * max(1.0, abs(mean))
     return {
         "n": len(values),
         "mean": mean,
         "sd": sd,
         "ci95": [mean - half, mean + half],
-        "established": bool(mean - half > 0 or mean + half < 0),
+        "established": bool(not tied and (mean - half > 0 or mean + half < 0)),
     }
 
 

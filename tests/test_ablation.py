@@ -37,6 +37,9 @@ def test_t_interval_closed_form(ablation):
     half = 2.776445 * stat["sd"] / math.sqrt(5)
     assert stat["ci95"] == pytest.approx([0.6 - half, 0.6 + half], abs=1e-5) and stat["established"]
     assert ablation.t_interval([0.3])["ci95"] is None
+    # two seeds, both +0.01 (tied accuracies, up to rounding): a zero-width interval, not evidence
+    tied = ablation.t_interval([0.472 - 0.462, 0.497 - 0.487])
+    assert tied["ci95"] == pytest.approx([0.01, 0.01]) and not tied["established"]
 
 
 def test_paired_differences_brute_force(ablation):
