@@ -296,10 +296,10 @@ def curve_table(paired_by_step: dict) -> list[str]:
         for variant in VARIANTS:
             if (variant, baseline) == ("vanilla", "fixed"):  # the mirror of fixed - vanilla
                 continue
-            for metric, scale, digits in (("fid", 1.0, 1), ("class_accuracy", 100.0, 1)):
+            for metric, scale in (("fid", 1.0), ("class_accuracy", 100.0)):
                 stats = [paired_by_step[s][metric][baseline].get(variant) for s in steps]
                 if any(stats):
-                    cells = [fmt_interval(stat, scale, digits) if stat else "" for stat in stats]
+                    cells = [fmt_interval(stat, scale, digits=1) if stat else "" for stat in stats]
                     lines.append(f"| {variant} - {baseline} | {METRICS[metric]} | " + " | ".join(cells) + " |")
     return lines
 
