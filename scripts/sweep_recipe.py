@@ -1,23 +1,18 @@
-"""The built-in recipe sweep: which settings give the best samples per minute of a laptop CPU.
+"""The recipe ladder: each training ingredient added in turn to the old built-in recipe, and
+each removed from the final one, scored on the main job's protocol over several seeds.
 
-    python scripts/sweep_recipe.py                              # every candidate, about 20 min each on 2 cores
-    python scripts/sweep_recipe.py --only cosine-b64-1200       # some of them
-    python scripts/sweep_recipe.py --table                      # the markdown table of docs/recipe_sweep.json
+    python scripts/sweep_recipe.py --rows base +betas +direction --seeds 0 1   # train and score
+    python scripts/sweep_recipe.py --steps 600 --seeds 0                       # a screen at half the budget
+    python scripts/sweep_recipe.py --table                                     # docs/recipe.md's tables
 
-Each candidate is the built-in run (the dataclass defaults of sdtgen/config.py) with a few
-overrides, trained as the README's main job trains it (one process, all cores, the shared
-latent cache) into `<out>/<name>`, then scored on one protocol, PROTOCOL below: the main
-job's final evaluation (1,000 class-balanced samples, DPM++ 12 steps, guidance 2, seed 0;
-FID and class accuracy, overall and per class, with the built-in feature network). A run
-whose own final evaluation used PROTOCOL is not sampled again; any other is scored by
-`sdtgen eval` with it. Results go to `--results` (docs/recipe_sweep.json), one entry per
-candidate, written as soon as a candidate is scored; a candidate already there is skipped,
-and a run folder holding its last checkpoint is not trained again, so an interrupted sweep
-resumes. docs/recipe.md shows `--table`'s output.
-
-Speeds (images/s, the median of the training log) depend on what else the machine ran; the
-sweep ran one candidate at a time, and only the main job's timing from a fresh clone is a
-timing claim.
+A row is the built-in run of the old recipe (OLD_RECIPE: the defaults before the ladder) plus
+the overrides of ROWS, trained as the main job trains (one process, all cores, the shared
+latent cache) into `<out>/<row>-<steps>-s<seed>`. Its score is the run's own final evaluation:
+1,000 class-balanced samples, DPM++ 12 steps, guidance 2, sampling seed = training seed, FID
+and class accuracy (overall and per class) with the built-in feature network, which takes no
+part in training. Results go to `--results`, one entry per run, written as soon as a run is
+scored; a scored run is skipped and a run folder that reached its last step is not trained
+again, so an interrupted sweep resumes.
 """
 
 from __future__ import annotations
@@ -25,122 +20,208 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
-# name -> overrides of the built-in defaults, in the order they were tried. The first
-# entry is the old default (before issue 12) for reference.
-CANDIDATES: dict[str, list[str]] = {
-    "old-default": ["train.lr_schedule=constant", "train.max_steps=600", "train.global_batch_size=128"],
-    "cosine-b128-500": ["train.lr_schedule=cosine", "train.max_steps=500", "train.global_batch_size=128"],
-    "cosine-b64-1000": ["train.lr_schedule=cosine", "train.max_steps=1000", "train.global_batch_size=64"],
-    "cosine-b64-1200": [
-        "train.lr_schedule=cosine",
-        "train.max_steps=1200",
-        "train.global_batch_size=64",
-        "sample.sampler=dpm++",
-        "train.eval_steps=12",
-        "train.eval_every=400",  # the FID-against-steps points of docs/recipe.md
-    ],
+# The recipe before the ladder, spelled out so the ladder keeps its meaning when the defaults change.
+OLD_RECIPE = [
+    "train.lr=1e-3",
+    "train.betas=[0.9,0.999]",
+    "train.warmup_steps=50",
+    "train.grad_clip=1.0",
+    "train.ema_decay=0.999",
+    "flow.direction_weight=0",
+    "model.mlp=gelu",
+    "model.norm=layernorm",
+    "model.rope=false",
+    "model.qk_norm=false",
+    "train.dispersive_weight=0",
+]
+
+# The ladder, in the order the ingredients are added (LightningDiT's order where it has them).
+LADDER = {
+    "+betas": ["train.betas=[0.9,0.95]"],
+    "+direction": ["flow.direction_weight=1"],
+    "+swiglu": ["model.mlp=swiglu"],
+    "+rmsnorm": ["model.norm=rmsnorm"],
+    "+rope": ["model.rope=true"],
+    "+dispersive": ["train.dispersive_weight=0.5"],
 }
 
 
-# Every candidate is compared on one protocol: the built-in run's final evaluation.
-PROTOCOL = {"sampler": "dpm++", "steps": 12, "cfg": 2.0, "num_samples": 1000, "seed": 0}
+def _ladder_rows() -> dict[str, list[str]]:
+    rows, overrides = {"base": []}, []
+    for name, extra in LADDER.items():
+        overrides = overrides + extra
+        rows[name] = overrides
+    return rows
 
 
-def run_candidate(name: str, overrides: list[str], run_dir: Path) -> float | None:
-    """Train candidate `name` into `run_dir` as the main job would; its seconds, or None if its run already ended."""
+ROWS = _ladder_rows()
+FULL = ROWS[list(LADDER)[-1]]
+# Each ingredient taken out of the full ladder, and the other knobs tried on top of it.
+ROWS |= {f"full-{name.lstrip('+')}": [o for o in FULL if o not in extra] for name, extra in LADDER.items()}
+ROWS |= {
+    "full+lr2e-3": [*FULL, "train.lr=2e-3"],
+    "full+nowarmup-noclip": [*FULL, "train.warmup_steps=0", "train.grad_clip=null"],
+    "full+ema0.9995": [*FULL, "train.ema_decay=0.9995"],
+    "full+qk-norm": [*FULL, "model.qk_norm=true"],
+    "full+wide256": [*FULL, "model.hidden_size=256", "model.num_heads=4"],
+    "full+deep6": [*FULL, "model.depth=6"],
+    "full+batch128": [*FULL, "train.global_batch_size=128"],
+}
+
+
+def run_name(row: str, steps: int, seed: int) -> str:
+    return f"{row}-{steps}-s{seed}"
+
+
+def train_row(row: str, steps: int, seed: int, out: Path, eval_every: int | None) -> Path:
+    """Train one row into its run folder (skipped when it already reached its last step)."""
     from sdtgen.config import load_config
     from sdtgen.training.trainer import train
 
-    config = load_config(None, [f"output_dir={run_dir}", "train.keep_checkpoints=1", *overrides])
-    if (run_dir / "checkpoints" / f"checkpoint-{config.train.max_steps}").is_dir():
-        return None
-    start = time.perf_counter()
-    train(config)
-    return time.perf_counter() - start
+    run_dir = out / run_name(row, steps, seed)
+    overrides = [*OLD_RECIPE, *ROWS[row], f"train.max_steps={steps}", f"seed={seed}"]
+    overrides += [f"output_dir={run_dir}", "train.keep_checkpoints=1", f"train.eval_every={eval_every or 'null'}"]
+    config = load_config(None, overrides)
+    if not (run_dir / "checkpoints" / f"checkpoint-{steps}").is_dir():
+        train(config)
+    return run_dir
 
 
-def protocol_score(run_dir: Path) -> dict:
-    """PROTOCOL's metrics of a run: its own final evaluation when that used PROTOCOL, else `sdtgen eval` with it."""
-    from sdtgen.cli import main as sdtgen
-    from sdtgen.config import load_config
+def flops_per_image(run_dir: Path) -> float:
+    """Training FLOPs of one image (forward + backward of the denoiser), counted by torch on the math backend."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
-    config = load_config(run_dir / "config.yaml")
-    final = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])
-    t, s = config.train, config.sample
-    if (s.sampler, t.eval_steps, s.cfg, t.eval_samples, config.seed) == tuple(
-        PROTOCOL.values()
-    ) and "eval_fid" in final:
-        return {
-            "fid": final["eval_fid"],
-            "class_accuracy": final["eval_class_accuracy"],
-            "class_accuracy_per_class": final["eval_class_accuracy_per_class"],
-        }
-    out = run_dir / "eval-protocol"
-    if not (out / "metrics.json").is_file():
-        flags = [f"--{key.replace('_', '-')}={value}" for key, value in PROTOCOL.items()]
-        sdtgen(["eval", "--ckpt", str(run_dir), *flags, "--out", str(out)])
-    metrics = json.loads((out / "metrics.json").read_text())
-    return {key: metrics[key] for key in ("fid", "class_accuracy", "class_accuracy_per_class")}
+    from sdtgen.models.dit import SDTDiT
+
+    model = SDTDiT.from_pretrained(run_dir / "checkpoints" / _last_checkpoint(run_dir) / "model")
+    model.set_attention_backend("math")
+    x = torch.randn(1, model.config.in_channels, model.config.input_size, model.config.input_size)
+    with FlopCounterMode(display=False) as counter:
+        model(x, torch.tensor([500.0]), torch.tensor([0])).square().mean().backward()
+    return float(counter.get_total_flops())
 
 
-def summarize(name: str, overrides: list[str], run_dir: Path) -> dict:
-    """A candidate's entry: its settings, its training speed and loss, and its PROTOCOL metrics."""
-    from sdtgen.config import load_config
+def _last_checkpoint(run_dir: Path) -> str:
+    return max((p.name for p in (run_dir / "checkpoints").iterdir()), key=lambda n: int(n.rsplit("-", 1)[1]))
 
-    config = load_config(run_dir / "config.yaml")
+
+def summarize(row: str, steps: int, seed: int, run_dir: Path) -> dict:
+    """A run's entry: settings, speed, loss, FLOPs and its final evaluation (and the evaluations along the way)."""
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line]
-    speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
+    final = records[-1]
+    if "eval_fid" not in final:
+        raise RuntimeError(f"{run_dir} has no final evaluation in its log; was train.final_eval off?")
+    from sdtgen.config import load_config
+
+    config = load_config(run_dir / "config.yaml")
+    images_per_s = [r["images_per_s"] for r in records if "images_per_s" in r and "eval_fid" not in r]
     return {
-        "name": name,
-        "overrides": overrides,
-        "steps": config.train.max_steps,
-        "batch": config.train.global_batch_size,
-        "lr_schedule": config.train.lr_schedule,
-        "images_seen": config.train.max_steps * config.train.global_batch_size,
-        "images_per_s": round(statistics.median(speeds), 1),
-        "final_loss": records[-1]["loss"],
-        "protocol": PROTOCOL,
-        **protocol_score(run_dir),
+        "row": row,
+        "seed": seed,
+        "steps": steps,
+        "overrides": ROWS[row],
+        "images_seen": steps * config.train.global_batch_size,
+        "train_flops_per_image": flops_per_image(run_dir),
+        "images_per_s": round(statistics.median(images_per_s), 1),
+        "precision": config.train.mixed_precision,
+        "final_loss": final["loss"],
+        "fid": final["eval_fid"],
+        "class_accuracy": final["eval_class_accuracy"],
+        "class_accuracy_per_class": final["eval_class_accuracy_per_class"],
+        "curve": [
+            {
+                "images": r["step"] * config.train.global_batch_size,
+                "fid": r["eval_fid"],
+                "acc": r["eval_class_accuracy"],
+            }
+            for r in records
+            if "eval_fid" in r
+        ],
     }
 
 
-def table(results: dict[str, dict]) -> str:
+def table(results: dict[str, dict], steps: int) -> str:
+    """One line per row at `steps`: mean over seeds (and each seed), class accuracy, worst class, cost."""
     lines = [
-        "| candidate | batch x steps | lr schedule | final loss | FID | class acc. | worst classes |",
-        "|---|---:|---|---:|---:|---:|---|",
+        "| row | seeds | FID (mean; per seed) | class acc. (mean) | worst class | images | GFLOP / image | images/s |",
+        "|---|---:|---|---:|---|---:|---:|---:|",
     ]
-    for r in results.values():
-        worst = sorted(r["class_accuracy_per_class"].items(), key=lambda item: item[1])[:2]
+    for row in ROWS:
+        runs = [r for r in results.values() if r["row"] == row and r["steps"] == steps]
+        if not runs:
+            continue
+        fids = [r["fid"] for r in runs]
+        accs = [r["class_accuracy"] for r in runs]
+        per_class = {
+            c: statistics.mean(r["class_accuracy_per_class"][c] for r in runs)
+            for c in runs[0]["class_accuracy_per_class"]
+        }
+        worst = min(per_class, key=per_class.get)
         lines.append(
-            f"| {r['name']} | {r['batch']} x {r['steps']} | {r['lr_schedule']} | {r['final_loss']:.3f} "
-            f"| {r['fid']:.2f} | {r['class_accuracy']:.1%} | {', '.join(f'{n} {a:.0%}' for n, a in worst)} |"
+            f"| {row} | {len(runs)} | {statistics.mean(fids):.2f} ({' / '.join(f'{f:.2f}' for f in fids)}) "
+            f"| {statistics.mean(accs):.1%} | {worst} {per_class[worst]:.0%} | {runs[0]['images_seen']:,} "
+            f"| {runs[0]['train_flops_per_image'] / 1e9:.2f} | {statistics.median(r['images_per_s'] for r in runs):.0f} |"
         )
     return "\n".join(lines)
 
 
+def plot(results: dict[str, dict], rows: list[str], path: Path) -> None:
+    """FID against images seen, one line per run of `rows` that has evaluations along the way."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results.values():
+        if r["row"] in rows and len(r["curve"]) > 1:
+            ax.plot(
+                [p["images"] for p in r["curve"]],
+                [p["fid"] for p in r["curve"]],
+                marker="o",
+                label=f"{r['row']} ({r['steps']} steps, seed {r['seed']})",
+            )
+    ax.set_xlabel("images seen")
+    ax.set_ylabel("FID (1,000 samples)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), help="candidates to run (default: all)")
-    parser.add_argument("--out", default="runs/sweep", help="folder for the candidates' run folders (<out>/<name>)")
-    parser.add_argument("--results", default="docs/recipe_sweep.json", help="the results file (read, then extended)")
-    parser.add_argument("--table", action="store_true", help="print the markdown table of the results file and stop")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="rows to run (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--steps", type=int, default=1200, help="training steps (the cosine schedule ends there)")
+    parser.add_argument("--eval-every", type=int, help="also evaluate every N steps (FID against images seen)")
+    parser.add_argument("--out", default="runs/ladder", help="folder of the run folders")
+    parser.add_argument("--results", default="docs/recipe_ladder.json", help="the results file (read, then extended)")
+    parser.add_argument("--table", action="store_true", help="print the tables of the results file and stop")
+    parser.add_argument("--plot", nargs="+", metavar="ROW", help="write FID against images seen of these rows")
     args = parser.parse_args(argv)
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    if not args.table:
-        for name in args.only or CANDIDATES:
-            if name in results:
-                print(f"{name}: already measured, skipped")
-                continue
-            run_dir = Path(args.out) / name
-            run_candidate(name, CANDIDATES[name], run_dir)
-            results[name] = summarize(name, CANDIDATES[name], run_dir)
-            results_path.parent.mkdir(parents=True, exist_ok=True)
-            results_path.write_text(json.dumps(results, indent=2) + "\n")
-    print(table({name: results[name] for name in CANDIDATES if name in results}))
+    if not args.table and not args.plot:
+        for seed in args.seeds:
+            for row in args.rows:
+                name = run_name(row, args.steps, seed)
+                if name in results:
+                    continue
+                run_dir = train_row(row, args.steps, seed, Path(args.out), args.eval_every)
+                results[name] = summarize(row, args.steps, seed, run_dir)
+                results_path.parent.mkdir(parents=True, exist_ok=True)
+                results_path.write_text(json.dumps(results, indent=2) + "\n")
+                print(f"{name}: FID {results[name]['fid']:.2f}, class accuracy {results[name]['class_accuracy']:.1%}")
+    if args.plot:
+        plot(results, args.plot, results_path.with_suffix(".png"))
+    for steps in sorted({r["steps"] for r in results.values()}):
+        print(f"\n{steps} steps\n" + table(results, steps))
 
 
 if __name__ == "__main__":

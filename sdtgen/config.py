@@ -25,7 +25,7 @@ import yaml
 from sdtgen.diffusion.sampling import DEFAULT_GUIDANCE, SAMPLERS
 from sdtgen.models.attention import ATTENTION_VARIANTS
 from sdtgen.models.backends import BACKENDS
-from sdtgen.models.dit import PRESETS
+from sdtgen.models.dit import MLPS, NORMS, PRESETS
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")  # train.mixed_precision; "auto" is resolved in training/precision.py
 LR_SCHEDULES = ("constant", "cosine", "linear")  # train.lr_schedule; training/trainer.learning_rate has the formulas
@@ -45,6 +45,8 @@ class ModelConfig:
     rope: bool = False
     lepe: bool = False
     qk_norm: bool = False
+    mlp: str = "gelu"  # gelu (DiT) | swiglu (LightningDiT; as many weights)
+    norm: str = "layernorm"  # layernorm (DiT) | rmsnorm (LightningDiT); also the kind of qk_norm
     pretrained: str | None = None  # an SDTDiT folder to start from (fine-tuning, warm start)
     gradient_checkpointing: bool = False
 
@@ -78,6 +80,12 @@ class TrainConfig:
     tf32: bool = True
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)): for short runs
+    # Representation losses on the tokens after `representation_depth` blocks (training/representation.py).
+    dispersive_weight: float = 0.0  # dispersive loss (no teacher); the paper uses 0.5
+    dispersive_tau: float = 0.5
+    repa_weight: float = 0.0  # REPA: align to a frozen encoder's features; the paper uses 0.5
+    repa_encoder: str | None = None  # DIR:ENTRY (local torch.hub folder) or OWNER/REPO:ENTRY (hub cache)
+    representation_depth: int | None = None  # None: max(1, depth // 3)
     compile: bool = False
     cpu_threads: int | None = None  # CPU only: torch threads per process; None = cores / processes
     log_every: int = 25
@@ -105,6 +113,7 @@ class FlowConfig:
     time_sampling: str = "logit_normal"  # uniform | logit_normal
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    direction_weight: float = 0.0  # velocity-direction (cosine) loss; LightningDiT uses 1
 
 
 @dataclass
@@ -256,6 +265,8 @@ CHOICES = {
     "data.on_error": ("raise", "skip"),
     "train.mixed_precision": PRECISIONS,
     "flow.time_sampling": ("uniform", "logit_normal"),
+    "model.mlp": MLPS,
+    "model.norm": NORMS,
 }
 AT_LEAST = {
     "model.depth": 1,
@@ -283,6 +294,11 @@ AT_LEAST = {
     "sample.cfg": 0.0,
     "sample.per_class": 1,
     "flow.logit_std": 0.0,
+    "flow.direction_weight": 0.0,
+    "train.dispersive_weight": 0.0,
+    "train.dispersive_tau": 1e-6,
+    "train.repa_weight": 0.0,
+    "train.representation_depth": 1,
 }
 
 
@@ -317,6 +333,10 @@ def validate(config: RunConfig) -> None:
             f"sample.sampler={config.sample.sampler!r} does not fit objective={config.objective}; "
             f"choose one of {', '.join(SAMPLERS[config.objective])} or null."
         )
+    if t.repa_weight and not t.repa_encoder:
+        raise ValueError("train.repa_weight > 0 needs train.repa_encoder (DIR:ENTRY of a local torch.hub folder).")
+    if config.flow.direction_weight and config.objective != "flow":
+        raise ValueError("flow.direction_weight only applies to objective=flow.")
     if config.model.learn_sigma and config.objective == "flow":
         raise ValueError("model.learn_sigma=true only applies to objective=ddpm.")
     if config.data.dataset != "animals" and config.data.vae == "builtin":

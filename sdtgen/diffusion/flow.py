@@ -14,6 +14,7 @@ embedder, built for DDPM's integer steps in [0, 1000), serves both objectives un
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -31,6 +32,7 @@ class FlowObjective:
         time_sampling: str = "uniform",
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
+        direction_weight: float = 0.0,
     ) -> None:
         """Configure the objective.
 
@@ -38,6 +40,8 @@ class FlowObjective:
             time_sampling: ``uniform`` (t ~ U[0, 1)) or ``logit_normal``
                 (t = sigmoid(n), n ~ N(logit_mean, logit_std^2)).
             logit_mean, logit_std: parameters of the logit-normal distribution.
+            direction_weight: weight of the velocity-direction loss (LightningDiT's cosine
+                loss): 1 - cos(prediction, target) over channels, averaged over positions.
         """
         if time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"unknown time_sampling {time_sampling!r}; expected one of {TIME_SAMPLINGS}")
@@ -46,6 +50,7 @@ class FlowObjective:
         self.time_sampling = time_sampling
         self.logit_mean = logit_mean
         self.logit_std = logit_std
+        self.direction_weight = direction_weight
 
     def sample_timesteps(
         self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
@@ -79,7 +84,8 @@ class FlowObjective:
         """Per-sample losses for a batch of clean data ``x0`` (B, C, H, W).
 
         ``t`` (B,) floats in [0, 1] and ``noise`` default to fresh draws from ``generator``,
-        which must live on ``x0``'s device. Returns ``loss`` and ``mse`` (equal, shape (B,)).
+        which must live on ``x0``'s device. Returns per-sample ``loss`` and ``mse`` (B,), equal
+        unless the direction loss is on (then also ``direction``).
         """
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device, generator)
@@ -93,5 +99,9 @@ class FlowObjective:
                 f"FlowObjective expects a model output of shape {tuple(x0.shape)}, got "
                 f"{tuple(out.shape)} (is the model built with learn_sigma=True?)"
             )
-        mse = (out - self.velocity_target(x0, noise)).pow(2).flatten(1).mean(dim=1)
-        return {"loss": mse, "mse": mse}
+        target = self.velocity_target(x0, noise)
+        mse = (out - target).pow(2).flatten(1).mean(dim=1)
+        if not self.direction_weight:
+            return {"loss": mse, "mse": mse}
+        direction = (1 - F.cosine_similarity(out, target, dim=1)).flatten(1).mean(dim=1)  # (B,)
+        return {"loss": mse + self.direction_weight * direction, "mse": mse, "direction": direction}

@@ -64,7 +64,8 @@ class SpatialDecayAttention(nn.Module):
             value (e.g. 1e-4) warm-starts from a plain DiT with a near-zero but trainable decay.
         rope: add axial 2D rotary position embedding to q and k.
         lepe: add a depth-wise 5x5 convolution of v to the output (RMT's LePE).
-        qk_norm: LayerNorm on q and k per head (stabilises low-precision training).
+        qk_norm: normalise q and k per head (stabilises low-precision training).
+        norm: "layernorm" or "rmsnorm", the kind of qk_norm (the model's norm).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class SpatialDecayAttention(nn.Module):
         rope: bool = False,
         lepe: bool = False,
         qk_norm: bool = False,
+        norm: str = "layernorm",
     ) -> None:
         super().__init__()
         if attention not in ATTENTION_VARIANTS:
@@ -97,8 +99,9 @@ class SpatialDecayAttention(nn.Module):
         self.rope = rope
         self.lepe = nn.Conv2d(dim, dim, 5, padding=2, groups=dim) if lepe else None
         head_dim = dim // num_heads
-        self.q_norm = nn.LayerNorm(head_dim, eps=1e-6) if qk_norm else None
-        self.k_norm = nn.LayerNorm(head_dim, eps=1e-6) if qk_norm else None
+        norm_type = nn.RMSNorm if norm == "rmsnorm" else nn.LayerNorm
+        self.q_norm = norm_type(head_dim, eps=1e-6) if qk_norm else None
+        self.k_norm = norm_type(head_dim, eps=1e-6) if qk_norm else None
         if attention == "fixed":
             self.register_buffer("log_gamma", torch.empty(num_heads), persistent=False)
         elif attention == "learned-fixed":

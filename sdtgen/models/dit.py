@@ -10,6 +10,7 @@ through diffusers' ModelMixin / ConfigMixin.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -41,6 +42,35 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class SwiGLU(nn.Module):
+    """SiLU(x W1) * (x W2), then W3 (Shazeer, 2020; LightningDiT's MLP).
+
+    `hidden` is the GELU MLP's hidden size; SwiGLU uses two thirds of it, so its three
+    matrices hold as many weights as the GELU MLP's two.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.hidden = round(2 * hidden / 3)
+        self.w12 = nn.Linear(dim, 2 * self.hidden)
+        self.w3 = nn.Linear(self.hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.w12(x).chunk(2, dim=-1)  # (B, N, hidden) each
+        return self.w3(F.silu(gate) * value)
+
+
+MLPS = {"gelu": Mlp, "swiglu": SwiGLU}
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(kind: str, dim: int, eps: float, affine: bool = False) -> nn.Module:
+    """LayerNorm (DiT) or RMSNorm (LightningDiT); without affine parameters under adaLN."""
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=eps, elementwise_affine=affine)
+    return nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)
+
+
 class DiTBlock(nn.Module):
     """A DiT block with adaLN-Zero conditioning and spatial-decay self-attention."""
 
@@ -51,13 +81,15 @@ class DiTBlock(nn.Module):
         mlp_ratio: float,
         norm_eps: float,
         mlp_norm_eps: float,
+        mlp: str = "gelu",
+        norm: str = "layernorm",
         **attention_kwargs,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
-        self.attn = SpatialDecayAttention(hidden_size, num_heads, **attention_kwargs)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.norm1 = make_norm(norm, hidden_size, norm_eps)
+        self.attn = SpatialDecayAttention(hidden_size, num_heads, norm=norm, **attention_kwargs)
+        self.norm2 = make_norm(norm, hidden_size, mlp_norm_eps)
+        self.mlp = MLPS[mlp](hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -69,9 +101,9 @@ class DiTBlock(nn.Module):
 class FinalLayer(nn.Module):
     """adaLN-modulated LayerNorm and a linear map back to patch pixels."""
 
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, norm_eps: float) -> None:
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, norm_eps: float, norm: str) -> None:
         super().__init__()
-        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
+        self.norm_final = make_norm(norm, hidden_size, norm_eps)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
@@ -121,8 +153,16 @@ class SDTDiT(ModelMixin, ConfigMixin):
         timestep_freq_shift: float = 0.0,
         norm_eps: float = 1e-6,
         mlp_norm_eps: float = 1e-6,
+        mlp: str = "gelu",
+        norm: str = "layernorm",
+        projector_dim: int = 0,
+        projector_hidden: int = 2048,
     ) -> None:
         super().__init__()
+        if mlp not in MLPS:
+            raise ValueError(f"Unknown mlp {mlp!r}; choose one of {', '.join(MLPS)}.")
+        if norm not in NORMS:
+            raise ValueError(f"Unknown norm {norm!r}; choose one of {', '.join(NORMS)}.")
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}.")
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
@@ -145,10 +185,22 @@ class SDTDiT(ModelMixin, ConfigMixin):
             qk_norm=qk_norm,
         )
         self.blocks = nn.ModuleList(
-            DiTBlock(hidden_size, num_heads, mlp_ratio, norm_eps, mlp_norm_eps, **attention_kwargs)
+            DiTBlock(hidden_size, num_heads, mlp_ratio, norm_eps, mlp_norm_eps, mlp, norm, **attention_kwargs)
             for _ in range(depth)
         )
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, norm_eps)
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, norm_eps, norm)
+        # REPA's projector (training only): block features -> the frozen encoder's width.
+        self.projector = (
+            nn.Sequential(
+                nn.Linear(hidden_size, projector_hidden),
+                nn.SiLU(),
+                nn.Linear(projector_hidden, projector_hidden),
+                nn.SiLU(),
+                nn.Linear(projector_hidden, projector_dim),
+            )
+            if projector_dim
+            else None
+        )
         self.initialize_weights()
 
     @classmethod
@@ -240,13 +292,25 @@ class SDTDiT(ModelMixin, ConfigMixin):
             raise ValueError(f"Class label {bad} is out of range: this model accepts 0..{highest}{null}.")
         return timesteps
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        class_labels: torch.Tensor,
+        features_after: int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The prediction (B, out_channels, H, W); with `features_after=k` also the tokens
+        (B, N, hidden_size) after the first k blocks, for representation losses."""
         timesteps = self._check_inputs(x, timesteps, class_labels)
-        tokens = self.x_embedder(x) + self.pos_embed
-        c = self.t_embedder(timesteps) + self.y_embedder(class_labels)
-        for block in self.blocks:
+        tokens = self.x_embedder(x) + self.pos_embed  # (B, N, C)
+        c = self.t_embedder(timesteps) + self.y_embedder(class_labels)  # (B, C)
+        features = None
+        for index, block in enumerate(self.blocks):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 tokens = self._gradient_checkpointing_func(block, tokens, c, self.grid)
             else:
                 tokens = block(tokens, c, self.grid)
-        return self.unpatchify(self.final_layer(tokens, c))
+            if index + 1 == features_after:
+                features = tokens
+        out = self.unpatchify(self.final_layer(tokens, c))  # (B, out_channels, H, W)
+        return out if features_after is None else (out, features)

@@ -42,10 +42,16 @@ from sdtgen.training.ema import EMA
 from sdtgen.training.precision import resolve_mixed_precision
 from sdtgen.training.randomness import EpochOrder, StepKeys, StepRandomness, draw_step_randomness, init_seed
 from sdtgen.training.reporting import save_loss_plot, save_sample_grid
+from sdtgen.training.representation import dispersive_loss, load_encoder, repa_loss
 
 
-def build_model(config: RunConfig, num_classes: int, latent_shape: tuple[int, int, int]) -> SDTDiT:
-    """A new SDTDiT from the preset and overrides, or the `model.pretrained` folder."""
+def build_model(
+    config: RunConfig, num_classes: int, latent_shape: tuple[int, int, int], projector_dim: int = 0
+) -> SDTDiT:
+    """A new SDTDiT from the preset and overrides, or the `model.pretrained` folder.
+
+    `projector_dim` > 0 gives a new model REPA's projector to that width.
+    """
     m = config.model
     if m.pretrained:
         model = SDTDiT.from_pretrained(m.pretrained)
@@ -78,6 +84,9 @@ def build_model(config: RunConfig, num_classes: int, latent_shape: tuple[int, in
             rope=m.rope,
             lepe=m.lepe,
             qk_norm=m.qk_norm,
+            mlp=m.mlp,
+            norm=m.norm,
+            projector_dim=projector_dim,
             **overrides,
         )
     if m.gradient_checkpointing:
@@ -89,7 +98,13 @@ def build_objective(config: RunConfig, learn_sigma: bool):
     if config.objective == "ddpm":
         return make_objective("ddpm", learn_sigma=learn_sigma)
     f = config.flow
-    return make_objective("flow", time_sampling=f.time_sampling, logit_mean=f.logit_mean, logit_std=f.logit_std)
+    return make_objective(
+        "flow",
+        time_sampling=f.time_sampling,
+        logit_mean=f.logit_mean,
+        logit_std=f.logit_std,
+        direction_weight=f.direction_weight,
+    )
 
 
 def learning_rate(config: RunConfig, step: int) -> float:
@@ -148,11 +163,20 @@ class Trainer:
             )
 
         self.data, self.vae = prepare_training_data(config, self.accelerator)
+        self.repa_encoder = load_encoder(t.repa_encoder).to(self.device) if t.repa_weight else None
+        projector_dim = self._encoder_width() if self.repa_encoder is not None else 0
         # Initialise from a generator of the seed alone: extracting the latent cache first (or
         # not) draws from the global one, and the model must not depend on that.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed(config.seed))
-            model = build_model(config, len(self.data.class_names), self.data.latent_shape)
+            model = build_model(config, len(self.data.class_names), self.data.latent_shape, projector_dim)
+        if self.repa_encoder is not None and model.projector is None:
+            raise ValueError("train.repa_weight > 0 needs a model with REPA's projector; model.pretrained has none.")
+        self.representation_depth = t.representation_depth or max(1, model.config.depth // 3)
+        if self.representation_depth > model.config.depth:
+            raise ValueError(
+                f"train.representation_depth={self.representation_depth} is deeper than the model ({model.config.depth} blocks)."
+            )
         self.objective = build_objective(config, model.config.learn_sigma)
         if hasattr(self.objective, "to"):
             self.objective.to(self.device)
@@ -169,6 +193,11 @@ class Trainer:
             self.accelerator.scaler.load_state_dict(scaler_state)
         self.forward = torch.compile(self.model) if t.compile else self.model
         self.order = EpochOrder(len(self.data.dataset), t.global_batch_size, config.seed)
+
+    def _encoder_width(self) -> int:
+        """The REPA encoder's feature width, read from one zero latent's decoded image."""
+        latent = torch.zeros(1, *self.data.latent_shape, device=self.device)
+        return self.repa_encoder(self.vae.decode(latent), (1, 1)).shape[-1]
 
     # ---------------------------------------------------------------- state
     def _restore(self, checkpoint: Path, model: SDTDiT, optimizer: torch.optim.Optimizer) -> tuple[int, dict | None]:
@@ -254,9 +283,7 @@ class Trainer:
             sync = n == len(starts) - 1
             with self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext():
                 with self.accelerator.autocast():
-                    losses = self.objective.training_losses(
-                        self.forward, x0[part], labels[part], noise=mine.noise[part], t=mine.times[part]
-                    )
+                    losses = self._losses(x0[part], labels[part], mine.noise[part], mine.times[part])
                 self.accelerator.backward(losses["loss"].mean() * (self.micro / self.share))
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value.detach().float().sum()
@@ -269,6 +296,34 @@ class Trainer:
         if grad_norm is not None:
             totals["grad_norm"] = grad_norm.detach() if torch.is_tensor(grad_norm) else torch.tensor(grad_norm)
         return totals
+
+    def _losses(
+        self, x0: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, times: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The objective's per-sample losses (B,), plus the representation losses that are on."""
+        t = self.config.train
+        if not (t.dispersive_weight or t.repa_weight):
+            return self.objective.training_losses(self.forward, x0, labels, noise=noise, t=times)
+        captured = []
+
+        def denoiser(x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out, features = self.forward(x, timesteps, y, features_after=self.representation_depth)
+            captured.append(features)  # (B, N, C)
+            return out
+
+        losses = self.objective.training_losses(denoiser, x0, labels, noise=noise, t=times)
+        features = captured[0]
+        if t.dispersive_weight:
+            # A loss of the batch, not of a sample: each sample carries the batch's value.
+            losses["dispersive"] = dispersive_loss(features, t.dispersive_tau).expand(x0.shape[0])
+            losses["loss"] = losses["loss"] + t.dispersive_weight * losses["dispersive"]
+        if t.repa_weight:
+            model = self.accelerator.unwrap_model(self.model)
+            grid = model.grid
+            target = self.repa_encoder(self.vae.decode(x0.float()), grid)  # (B, N, D) of the clean images
+            losses["repa"] = repa_loss(model.projector(features), target)
+            losses["loss"] = losses["loss"] + t.repa_weight * losses["repa"]
+        return losses
 
     def read_stats(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
         """Global per-sample means of a step's losses (an all-reduce and a host sync)."""
