@@ -63,7 +63,6 @@ ROWS |= {f"full-{name.lstrip('+')}": [o for o in FULL if o not in extra] for nam
 ROWS |= {
     "full+lr2e-3": [*FULL, "train.lr=2e-3"],
     "full+nowarmup-noclip": [*FULL, "train.warmup_steps=0", "train.grad_clip=null"],
-    "full+ema0.9995": [*FULL, "train.ema_decay=0.9995"],
     "full+qk-norm": [*FULL, "model.qk_norm=true"],
     "full+wide256": [*FULL, "model.hidden_size=256", "model.num_heads=4"],
     "full+deep6": [*FULL, "model.depth=6"],

@@ -148,8 +148,10 @@ class SpatialDecayAttention(nn.Module):
         gate_log = F.logsigmoid(self.gate(x).float())  # (B, N, H), G <= 0
         return (self.alpha.abs().float()[:, None] * gate_log.transpose(1, 2)).to(x.dtype)
 
-    def resolved_backend(self, device: torch.device, tokens: int) -> str:
-        return resolve_backend(self.backend, self.attention, tokens, device, training=torch.is_grad_enabled())
+    def resolved_backend(self, device: torch.device, tokens: int, dtype: torch.dtype = torch.float32) -> str:
+        return resolve_backend(
+            self.backend, self.attention, tokens, device, training=torch.is_grad_enabled(), dtype=dtype
+        )
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         batch, tokens, dim = x.shape
@@ -159,7 +161,7 @@ class SpatialDecayAttention(nn.Module):
         if self.rope:
             q, k = apply_rope_2d(q, grid), apply_rope_2d(k, grid)
         lam = self.log_decay(x)
-        backend = self.resolved_backend(x.device, tokens)
+        backend = self.resolved_backend(x.device, tokens, q.dtype)
         if self.attention == "sdt-decomposed":
             out = decomposed_grid_attention(q, k, v, lam, grid, backend)
         else:

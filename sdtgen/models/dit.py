@@ -124,7 +124,9 @@ class SDTDiT(ModelMixin, ConfigMixin):
     Build one with `SDTDiT.from_preset("S/2", attention="sdt")` or load one with
     `SDTDiT.from_pretrained(folder)`. See SpatialDecayAttention for the attention options.
     `timestep_freq_shift` and `mlp_norm_eps` only exist to reproduce diffusers' DiT port
-    (1 and 1e-5 there; the original DiT is 0 and 1e-6).
+    (1 and 1e-5 there; the original DiT is 0 and 1e-6). `mlp="swiglu"` and `norm="rmsnorm"`
+    are LightningDiT's MLP and norm; `projector_dim` > 0 adds REPA's projector (training only,
+    sdtgen/training/representation.py).
     """
 
     _supports_gradient_checkpointing = True
