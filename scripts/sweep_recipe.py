@@ -4,6 +4,8 @@ each removed from the final one, scored on the main job's protocol over several 
     python scripts/sweep_recipe.py --rows base +betas +direction --seeds 0 1   # train and score
     python scripts/sweep_recipe.py --steps 600 --seeds 0                       # a screen at half the budget
     python scripts/sweep_recipe.py --table                                     # docs/recipe.md's tables
+    python scripts/sweep_recipe.py --rows base final --seeds 0 --eval-every 200 \
+        --out runs/ladder-curves --results docs/recipe_curves.json --plot base final   # FID against images
 
 A row is the built-in run of the old recipe (OLD_RECIPE: the defaults before the ladder) plus
 the overrides of ROWS, trained as the main job trains (one process, all cores, the shared
@@ -57,33 +59,47 @@ def _ladder_rows() -> dict[str, list[str]]:
 
 
 ROWS = _ladder_rows()
-FULL = ROWS[list(LADDER)[-1]]
-# Each ingredient taken out of the full ladder, and the other knobs tried on top of it.
-ROWS |= {f"full-{name.lstrip('+')}": [o for o in FULL if o not in extra] for name, extra in LADDER.items()}
+# The final recipe: the ladder's ingredients that paid (docs/recipe.md); each is removed from
+# it in turn, and the other knobs are tried on top of it.
+FINAL_INGREDIENTS = ["+betas", "+direction", "+swiglu", "+rmsnorm", "+rope"]
+FINAL = [o for name in FINAL_INGREDIENTS for o in LADDER[name]]
+ROWS["final"] = FINAL
+ROWS |= {f"final-{name.lstrip('+')}": [o for o in FINAL if o not in LADDER[name]] for name in FINAL_INGREDIENTS}
 ROWS |= {
-    "full+lr2e-3": [*FULL, "train.lr=2e-3"],
-    "full+nowarmup-noclip": [*FULL, "train.warmup_steps=0", "train.grad_clip=null"],
-    "full+qk-norm": [*FULL, "model.qk_norm=true"],
-    "full+wide256": [*FULL, "model.hidden_size=256", "model.num_heads=4"],
-    "full+deep6": [*FULL, "model.depth=6"],
-    "full+batch128": [*FULL, "train.global_batch_size=128"],
+    "final+batch32": [*FINAL, "train.global_batch_size=32"],
+    "final+lr2e-3": [*FINAL, "train.lr=2e-3"],
+    "final+nowarmup-noclip": [*FINAL, "train.warmup_steps=0", "train.grad_clip=null"],
+    "final+qk-norm": [*FINAL, "model.qk_norm=true"],
+    "final+dispersive0.1-d2": [*FINAL, "train.dispersive_weight=0.1", "train.representation_depth=2"],
+    "final+wide256": [*FINAL, "model.hidden_size=256", "model.num_heads=4"],
+    "final+deep6": [*FINAL, "model.depth=6"],
 }
+
+
+BUDGET_BATCH = 64  # budgets are counted in steps of the old recipe's batch
 
 
 def run_name(row: str, steps: int, seed: int) -> str:
     return f"{row}-{steps}-s{seed}"
 
 
-def train_row(row: str, steps: int, seed: int, out: Path, eval_every: int | None) -> Path:
-    """Train one row into its run folder (skipped when it already reached its last step)."""
+def train_row(row: str, steps: int, seed: int, out: Path, eval_every: int | None, extra: list[str]) -> Path:
+    """Train one row into its run folder (skipped when it already reached its last step); `extra`
+    overrides come after the row's own."""
     from sdtgen.config import load_config
     from sdtgen.training.trainer import train
 
     run_dir = out / run_name(row, steps, seed)
-    overrides = [*OLD_RECIPE, *ROWS[row], f"train.max_steps={steps}", f"seed={seed}"]
-    overrides += [f"output_dir={run_dir}", "train.keep_checkpoints=1", f"train.eval_every={eval_every or 'null'}"]
+    overrides = [*OLD_RECIPE, *ROWS[row], *extra, f"seed={seed}", f"output_dir={run_dir}", "train.keep_checkpoints=1"]
+    batch = load_config(None, overrides).train.global_batch_size
+    # Every row sees the images of `steps` steps of 64; a row with another batch takes more or fewer steps.
+    scale = BUDGET_BATCH / batch
+    overrides += [
+        f"train.max_steps={round(steps * scale)}",
+        f"train.eval_every={round(eval_every * scale) if eval_every else 'null'}",
+    ]
     config = load_config(None, overrides)
-    if not (run_dir / "checkpoints" / f"checkpoint-{steps}").is_dir():
+    if not (run_dir / "checkpoints" / f"checkpoint-{config.train.max_steps}").is_dir():
         train(config)
     return run_dir
 
@@ -122,7 +138,7 @@ def summarize(row: str, steps: int, seed: int, run_dir: Path) -> dict:
         "seed": seed,
         "steps": steps,
         "overrides": ROWS[row],
-        "images_seen": steps * config.train.global_batch_size,
+        "images_seen": config.train.max_steps * config.train.global_batch_size,
         "train_flops_per_image": flops_per_image(run_dir),
         "images_per_s": round(statistics.median(images_per_s), 1),
         "precision": config.train.mixed_precision,
@@ -197,23 +213,35 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="rows to run (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--steps", type=int, default=1200, help="training steps (the cosine schedule ends there)")
+    parser.add_argument(
+        "--steps", type=int, default=1200, help="the budget, in steps of 64 images (the cosine schedule ends there)"
+    )
     parser.add_argument("--eval-every", type=int, help="also evaluate every N steps (FID against images seen)")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every row (e.g. another data set)"
+    )
     parser.add_argument("--out", default="runs/ladder", help="folder of the run folders")
     parser.add_argument("--results", default="docs/recipe_ladder.json", help="the results file (read, then extended)")
     parser.add_argument("--table", action="store_true", help="print the tables of the results file and stop")
-    parser.add_argument("--plot", nargs="+", metavar="ROW", help="write FID against images seen of these rows")
+    parser.add_argument(
+        "--plot", nargs="+", metavar="ROW", help="then plot FID against images seen of these rows (next to --results)"
+    )
     args = parser.parse_args(argv)
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    if not args.table and not args.plot:
+    if not args.table:
         for seed in args.seeds:
             for row in args.rows:
                 name = run_name(row, args.steps, seed)
                 if name in results:
                     continue
-                run_dir = train_row(row, args.steps, seed, Path(args.out), args.eval_every)
-                results[name] = summarize(row, args.steps, seed, run_dir)
+                same = [r for r in results.values() if (r["steps"], r["seed"]) == (args.steps, seed)]
+                same = [r for r in same if sorted(r["overrides"]) == sorted(ROWS[row]) and not args.set]
+                if same:  # the same settings under another row's name (final-rope is +rmsnorm): not trained twice
+                    results[name] = {**same[0], "row": row, "overrides": ROWS[row]}
+                else:
+                    run_dir = train_row(row, args.steps, seed, Path(args.out), args.eval_every, args.set)
+                    results[name] = summarize(row, args.steps, seed, run_dir)
                 results_path.parent.mkdir(parents=True, exist_ok=True)
                 results_path.write_text(json.dumps(results, indent=2) + "\n")
                 print(f"{name}: FID {results[name]['fid']:.2f}, class accuracy {results[name]['class_accuracy']:.1%}")
