@@ -55,6 +55,11 @@ IMAGENET_CLASSES = [f"n{index:08d}" for index in range(1000)]  # stand_in_imagen
 # Shrinking stand-ins shared by several commands.
 TINY_MODEL = " model.depth=1 model.hidden_size=64 model.num_heads=2"
 SHORT_RUN = "train.max_steps=2 train.global_batch_size=4 train.checkpoint_every=2 sample.steps=2 sample.per_class=1"
+LADDER_SHRUNK = (
+    "--rows base +swiglu --seeds 0 --steps 2 --out runs/ladder-test --results runs/ladder-test.json --set "
+    "data.vae=identity data.latent_cache=null model.preset=S/4 model.depth=1 model.hidden_size=32 model.num_heads=2 "
+    "train.eval_samples=20 train.eval_steps=2 train.mixed_precision=no sample.per_class=1 sample.steps=2"
+)
 # A pretrained DiT's 1,000 classes need 1,000 class folders (the page says so): the stand-in
 # ImageNet, at 64 px (8x8 latents, the stand-in DiTs' size) so that encoding it stays short.
 IMAGENET_64 = "data.dataset={imagenet} data.image_size=64"
@@ -125,7 +130,9 @@ PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
         ),
     ),
     "recipe.md": (
-        # Reads the committed results; training a candidate is NOT_RUN.
+        # Two rows of the ladder on a tiny pixel-space model, 2 steps, scored on 20 samples,
+        # into their own results file; then the table of the committed results.
+        ("python scripts/sweep_recipe.py --seeds 0 1", (("--seeds 0 1", LADDER_SHRUNK),)),
         ("python scripts/sweep_recipe.py --table", ()),
     ),
     "sampling.md": (
@@ -258,7 +265,9 @@ NOT_RUN = {
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers euler heun --nfe 8 25": CURVE_ON_THE_BUILT_IN_MODEL,
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers heun --nfe 49": CURVE_ON_THE_BUILT_IN_MODEL,
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --nfe 4 7 8 12 25 49 --guidance-sampler dpm++ --guidance-steps 12 --guidance-scales 1 1.5 2 3 4 --report-only": CURVE_ON_THE_BUILT_IN_MODEL,
-    "python scripts/sweep_recipe.py": "trains every candidate of the recipe sweep, about 20 minutes each on 2 cores",
+    "python scripts/sweep_recipe.py --rows base final --steps 2400 --seeds 0 --eval-every 600 --out runs/ladder-curves "
+    "--results docs/recipe_curves.json --plot base final": "two runs of the main job's length with four evaluations "
+    "each, about 30 minutes on a bf16 CPU; the planned ladder run covers the code but --plot, which test_recipe_page runs",
     "python scripts/ablation.py --grids 256 --cost-only": "times five T/1 models' training steps, about 2 minutes here; "
     "the planned run times the T/2 steps with the same code",
     "python scripts/ablation.py --grids 256": "the 256-token study, about 7.5 hours here (docs/ablation.md)",
@@ -432,8 +441,16 @@ def test_ablation_page(scratch):
 def test_recipe_page(scratch):
     cwd, env = scratch
     link_repo_folders(cwd, "scripts", "docs")
-    (table,) = run_page("recipe.md", cwd, env).values()
+    ladder, table = run_page("recipe.md", cwd, env).values()
+    results = json.loads((cwd / "runs" / "ladder-test.json").read_text())
+    assert set(results) == {"base-2-s0", "+swiglu-2-s0"}
+    assert all(0 <= r["class_accuracy"] <= 1 and r["train_flops_per_image"] > 0 for r in results.values())
+    assert "| +swiglu | 1 |" in ladder
     assert table.strip() in (cwd / "docs" / "recipe.md").read_text()  # the page shows the committed results
+    plot = run(
+        f"python scripts/sweep_recipe.py --table --results {cwd / 'runs' / 'ladder-test.json'} --plot base", cwd, env
+    )
+    assert plot.returncode == 0 and (cwd / "runs" / "ladder-test.png").is_file()
 
 
 @pytest.mark.slow
