@@ -202,7 +202,7 @@ def plot(results: dict[str, dict], rows: list[str], path: Path) -> None:
                 [p["images"] for p in r["curve"]],
                 [p["fid"] for p in r["curve"]],
                 marker="o",
-                label=f"{r['row']} ({r['steps']} steps, seed {r['seed']})",
+                label=f"{r['row']} (a budget of {r['images_seen']:,} images, seed {r['seed']})",
             )
     ax.set_xlabel("images seen")
     ax.set_ylabel("FID (1,000 samples)")
