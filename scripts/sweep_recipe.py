@@ -137,7 +137,8 @@ def summarize(row: str, steps: int, seed: int, run_dir: Path) -> dict:
     from sdtgen.config import load_config
 
     config = load_config(run_dir / "config.yaml")
-    images_per_s = [r["images_per_s"] for r in records if "images_per_s" in r and "eval_fid" not in r]
+    # Windows that ran an evaluation count its time too; a run too short to log without one has only those.
+    images_per_s = [r["images_per_s"] for r in records if "eval_fid" not in r] or [r["images_per_s"] for r in records]
     return {
         "row": row,
         "seed": seed,
