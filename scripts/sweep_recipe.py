@@ -115,17 +115,14 @@ def flops_per_image(run_dir: Path) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from sdtgen.models.dit import SDTDiT
+    from sdtgen.runs import list_checkpoints
 
-    model = SDTDiT.from_pretrained(run_dir / "checkpoints" / _last_checkpoint(run_dir) / "model")
+    model = SDTDiT.from_pretrained(list_checkpoints(run_dir / "checkpoints")[-1] / "model")
     model.set_attention_backend("math")
     x = torch.randn(1, model.config.in_channels, model.config.input_size, model.config.input_size)
     with FlopCounterMode(display=False) as counter:
         model(x, torch.tensor([500.0]), torch.tensor([0])).square().mean().backward()
     return float(counter.get_total_flops())
-
-
-def _last_checkpoint(run_dir: Path) -> str:
-    return max((p.name for p in (run_dir / "checkpoints").iterdir()), key=lambda n: int(n.rsplit("-", 1)[1]))
 
 
 def summarize(row: str, steps: int, seed: int, run_dir: Path) -> dict:

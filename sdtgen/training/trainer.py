@@ -319,8 +319,7 @@ class Trainer:
             losses["loss"] = losses["loss"] + t.dispersive_weight * losses["dispersive"]
         if t.repa_weight:
             model = self.accelerator.unwrap_model(self.model)
-            grid = model.grid
-            target = self.repa_encoder(self.vae.decode(x0.float()), grid)  # (B, N, D) of the clean images
+            target = self.repa_encoder(self.vae.decode(x0.float()), model.grid)  # (B, N, D) of the clean images
             losses["repa"] = repa_loss(model.projector(features), target)
             losses["loss"] = losses["loss"] + t.repa_weight * losses["repa"]
         return losses
