@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import operator
 import re
 from collections.abc import Sequence
 
@@ -54,7 +55,18 @@ def slug(name: str) -> str:
 
 
 def resolve_class(spec: str | int, names: Sequence[str] | None, num_classes: int) -> int:
-    """The class id that `spec` (an id, or a name from `names`) stands for; ValueError if none."""
+    """The class id that `spec` (an id, or a name from `names`) stands for; ValueError if none.
+
+    Ids may be Python, numpy or one-element torch integers; floats and booleans are refused
+    rather than rounded or read as 0 and 1.
+    """
+    if not isinstance(spec, str):
+        if isinstance(spec, bool) or "bool" in str(getattr(spec, "dtype", "")):
+            raise ValueError(f"A class is an integer id or a name, got the boolean {spec!r}.")
+        try:
+            spec = operator.index(spec)
+        except TypeError:
+            raise ValueError(f"A class is an integer id or a name, got {spec!r} ({type(spec).__name__}).") from None
     text = str(spec).strip()
     if re.fullmatch(r"[+-]?\d+", text):
         class_id = int(text)

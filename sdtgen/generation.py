@@ -58,6 +58,10 @@ def generate(
         raise ValueError(f"The batch size must be at least 1, got {batch_size}.")
     guidance = guidance or Guidance(default_guidance(pipe.transformer.config))
     indices = list(indices)
+    if indices and not 0 <= min(indices) <= max(indices) < len(labels):
+        raise ValueError(
+            f"Sample indices must be in 0..{len(labels) - 1} (one label per index), got {min(indices)}..{max(indices)}."
+        )
     outputs = []
     bar = tqdm(total=len(indices), desc=progress, unit="img", disable=progress is None, dynamic_ncols=True)
     for start in range(0, len(indices), batch_size):

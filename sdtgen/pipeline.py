@@ -7,7 +7,11 @@ Like diffusers' DiTPipeline, plus: class names as labels, guidance on chosen cha
 noise levels, DDPM with a learned variance, flow-matching schedulers, and pixel space
 (`vae=None`). The training objective is the scheduler's: a FlowMatch* scheduler samples a
 flow model, any other a DDPM one. `save_pretrained` writes `model_index.json` (with
-`id2label`), `transformer/`, `scheduler/` and `vae/` (absent in pixel space).
+`id2label`), `transformer/`, `scheduler/` and `vae/` (absent in pixel space), and
+`sdtgen_pipeline.py`, which model_index.json's `_class_name` names so that diffusers'
+generic loader finds this class: `DiffusionPipeline.from_pretrained(folder,
+trust_remote_code=True)` with sdtgen installed (diffusers runs a folder's own code only
+when trusted; the file only imports sdtgen). `SDTPipeline.from_pretrained` needs no trust.
 
 One call is one batch; `sdtgen.generation.generate` splits a request of any size into
 batches with one seed per sample.
@@ -15,7 +19,10 @@ batches with one seed per sample.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +35,16 @@ from sdtgen.models.dit import SDTDiT
 from sdtgen.vae import IDENTITY_VAE, LatentVAE
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+PIPELINE_MODULE = "sdtgen_pipeline"  # <folder>/sdtgen_pipeline.py, for DiffusionPipeline.from_pretrained
+PIPELINE_MODULE_SOURCE = '''"""SDTPipeline for diffusers' generic loader: DiffusionPipeline.from_pretrained(folder, trust_remote_code=True).
+
+Written by `sdtgen export` / SDTPipeline.save_pretrained. The code is sdtgen's: `pip install sdtgen`.
+"""
+
+from sdtgen.pipeline import SDTPipeline
+
+__all__ = ["SDTPipeline"]
+'''
 
 
 class SDTPipeline(DiffusionPipeline):
@@ -82,6 +99,26 @@ class SDTPipeline(DiffusionPipeline):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """diffusers' save, plus sdtgen_pipeline.py named by `_class_name` for the generic loader (module docstring)."""
+        super().save_pretrained(save_directory, **kwargs)
+        folder = Path(save_directory)
+        (folder / f"{PIPELINE_MODULE}.py").write_text(PIPELINE_MODULE_SOURCE)
+        index_file = folder / self.config_name
+        index = json.loads(index_file.read_text())
+        index["_class_name"] = [PIPELINE_MODULE, type(self).__name__]
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
+        """diffusers' load_config, with `_class_name` read as this class's name: the class is at hand, so the
+        folder's sdtgen_pipeline.py (which diffusers would run only with trust_remote_code) is not needed."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if isinstance(config.get("_class_name"), list):
+            config["_class_name"] = config["_class_name"][1]
+        return loaded
+
     @property
     def class_names(self) -> list[str] | None:
         """Names of classes 0..num_classes-1 (ImageNet's for a 1,000-class model without its own), or None."""
@@ -131,7 +168,8 @@ class SDTPipeline(DiffusionPipeline):
         """Sample one image per label.
 
         Args:
-            class_labels: class ids or names (see `class_names`), one per image.
+            class_labels: class ids or names (see `class_names`), one per image; or a tensor
+                or array of ids.
             num_inference_steps: scheduler steps; None = sdtgen's default for the sampler.
             guidance_scale: classifier-free guidance, 1 = off; None = DEFAULT_GUIDANCE (1 for
                 a model trained without label dropout). Unlike DiTPipeline, a scale below 1
@@ -147,7 +185,11 @@ class SDTPipeline(DiffusionPipeline):
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
-        specs = [class_labels] if isinstance(class_labels, (int, str)) else list(class_labels)
+        if hasattr(class_labels, "tolist"):  # a torch or numpy array of ids
+            class_labels = class_labels.tolist()
+        specs = list(class_labels) if isinstance(class_labels, (list, tuple)) else [class_labels]
+        if not specs:
+            raise ValueError("class_labels is empty; pass one class id or name per image.")
         labels = torch.tensor(self.get_label_ids(specs), dtype=torch.long)
         steps = default_steps(self.scheduler) if num_inference_steps is None else num_inference_steps
         if guidance_scale is None:

@@ -5,6 +5,7 @@ A training run writes (sdtgen/training/trainer.py, sdtgen/training/checkpoint.py
     <run>/config.yaml                 the resolved training config (CONFIG_FILE)
     <run>/log.jsonl                   one JSON line per logged step (LOG_FILE)
     <run>/class_names.json            the class names, by label (CLASS_NAMES_FILE)
+    <run>/.lock                       held while a process trains into the run (LOCK_FILE, training/run_lock.py)
     <run>/checkpoints/checkpoint-<step>/
         model/                        the EMA model, an SDTDiT folder (MODEL_DIR)
         trainer_state.json            written last: its presence marks a complete checkpoint
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.jsonl"
 CLASS_NAMES_FILE = "class_names.json"
+LOCK_FILE = ".lock"
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -260,6 +262,17 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is unreadable or corrupt ({error}).") from None
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise ValueError(f"{path} is unreadable or not valid YAML ({reason}); fix it or delete it.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} does not hold a training config (a mapping); fix it or delete it.")
+    return config
+
+
 def _model_config(model_dir: Path) -> dict[str, Any]:
     config = _read_json(model_dir / "config.json")
     if config.get("_class_name") != "SDTDiT":
@@ -279,7 +292,7 @@ def _model_source(kind: str, path: Path, model_dir: Path) -> Source:
     if (checkpoint / TRAINER_STATE_FILE).is_file():
         run_config = _read_json(checkpoint / TRAINER_STATE_FILE).get("config")
     if run_config is None and run_dir is not None and (run_dir / CONFIG_FILE).is_file():
-        run_config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+        run_config = _read_yaml(run_dir / CONFIG_FILE)
     own_names = None
     if run_dir is not None and (run_dir / CLASS_NAMES_FILE).is_file():
         own_names = _read_json(run_dir / CLASS_NAMES_FILE)

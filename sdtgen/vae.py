@@ -10,6 +10,7 @@ posterior sample can be drawn every epoch.
 from __future__ import annotations
 
 import importlib.resources
+import math
 import os
 import re
 import warnings
@@ -23,6 +24,8 @@ BUILTIN_VAE = "builtin"
 IDENTITY_VAE = "identity"
 # diffusers clamps posterior log-variances to this range; the identity "posterior" sits at the floor.
 LOGVAR_RANGE = (-30.0, 20.0)
+# Resampled images overshoot [-1, 1] a little (bicubic, antialiasing); that is no mistake.
+IMAGE_RANGE_SLACK = 0.1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -116,9 +119,13 @@ class LatentVAE(torch.nn.Module):
     @torch.no_grad()
     def decode(self, scaled_latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], (B, image_channels, H, W), from scaled latents."""
-        if scaled_latents.ndim != 4 or scaled_latents.shape[1] != self.latent_channels:
+        if getattr(scaled_latents, "ndim", None) != 4 or scaled_latents.shape[1] != self.latent_channels:
             raise ValueError(
                 f"decode expects latents of shape (B, {self.latent_channels}, h, w), got {tuple(scaled_latents.shape)}."
+            )
+        if not torch.is_tensor(scaled_latents) or not scaled_latents.is_floating_point():
+            raise ValueError(
+                f"decode takes float latents (a pipeline's output_type='latent'), got {_kind(scaled_latents)}."
             )
         z = scaled_latents / self.scale + self.shift
         if self.autoencoder is not None:
@@ -138,6 +145,7 @@ class LatentVAE(torch.nn.Module):
         }
 
     def _check_images(self, images: torch.Tensor) -> None:
+        check_image_values(images, f"The VAE {self.source!r}")
         factor = self.downsample_factor
         if (
             images.ndim != 4
@@ -149,6 +157,36 @@ class LatentVAE(torch.nn.Module):
                 f"The VAE {self.source!r} expects images of shape (B, {self.image_channels}, "
                 f"H, W) with H and W divisible by {factor}, got {tuple(images.shape)}."
             )
+
+
+def check_image_values(images: torch.Tensor, what: str) -> None:
+    """ValueError unless `images` are finite float images in [-1, 1], naming the likely mistake.
+
+    Catches uint8 images, 0..255 floats, and [0, 1] floats (a pipeline's output_type 'pt'
+    or 'np', torchvision's ToTensor): a batch with no value below 0 is read as [0, 1], as
+    diffusers' image processor reads it. Reads two values, once per batch, never in a model's forward.
+    """
+    if not torch.is_tensor(images) or not images.is_floating_point():
+        hint = " (0..255: pass images.float() / 127.5 - 1)" if getattr(images, "dtype", None) == torch.uint8 else ""
+        raise ValueError(f"{what} takes float images in [-1, 1], got {_kind(images)}{hint}.")
+    if images.numel() == 0:
+        return
+    low, high = (float(v) for v in images.aminmax())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{what} takes float images in [-1, 1], got NaN or inf values.")
+    if low < -1 - IMAGE_RANGE_SLACK or high > 1 + IMAGE_RANGE_SLACK:
+        hint = ", as 0..255 images do: pass images / 127.5 - 1" if low >= 0 else ""
+        raise ValueError(f"{what} takes float images in [-1, 1], got values in [{low:.4g}, {high:.4g}]{hint}.")
+    if low >= 0:
+        raise ValueError(
+            f"{what} takes float images in [-1, 1], got values in [{low:.4g}, {high:.4g}], as images in [0, 1] "
+            "(a pipeline's output_type 'pt' or 'np', ToTensor) have: pass images * 2 - 1."
+        )
+
+
+def _kind(value: Any) -> str:
+    """`torch.uint8 tensor`, `list`: what a wrong argument is, for a message."""
+    return f"a {value.dtype} tensor" if torch.is_tensor(value) else f"a {type(value).__name__}"
 
 
 def builtin_vae_dir() -> Path:

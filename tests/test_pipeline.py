@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from diffusers import AutoencoderKL, DiTPipeline
 
 from sdtgen import SDTPipeline
@@ -31,7 +32,7 @@ def test_save_and_load_round_trip(run, tmp_path):
     pipe = load_pipeline(find_source(run))
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
-    assert index["_class_name"] == "SDTPipeline" and index["id2label"]["4"] == "dog"
+    assert index["_class_name"] == ["sdtgen_pipeline", "SDTPipeline"] and index["id2label"]["4"] == "dog"
     assert (
         index["transformer"] == ["sdtgen.models.dit", "SDTDiT"]
         and index["scheduler"][1] == "FlowMatchDPMSolverMultistepScheduler"
@@ -76,6 +77,41 @@ def test_export_writes_a_pipeline_that_samples_like_the_run(run, tmp_path, capsy
     assert np.array_equal(
         exported(generator=generators(2), **kwargs).images, direct(generator=generators(2), **kwargs).images
     )
+
+
+def test_export_loads_with_diffusers_generic_loader_and_has_a_model_card(run, tmp_path, monkeypatch):
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import dynamic_modules_utils
+
+    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # diffusers copies code there
+    (run / "metrics.json").write_text(json.dumps({"fid": 12.5, "class_accuracy": 0.9, "provenance": {"steps": 3}}))
+    try:
+        assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "pipe"), "--license", "mit"]) == 0
+    finally:
+        (run / "metrics.json").unlink()
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    generic = DiffusionPipeline.from_pretrained(tmp_path / "pipe", trust_remote_code=True)
+    assert type(generic) is SDTPipeline
+    kwargs = dict(class_labels=["dog", 3], num_inference_steps=2, output_type="np")
+    images = generic(generator=generators(2), **kwargs).images
+    direct = SDTPipeline.from_pretrained(tmp_path / "pipe")(generator=generators(2), **kwargs).images
+    assert images.shape == (2, 32, 32, 1) and np.array_equal(images, direct)
+    card = (tmp_path / "pipe" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "diffusers" and front["license"] == "mit" and "sdtgen" in front["tags"]
+    assert "4 dog" in card and "| objective | flow |" in card and "| FID | 12.5 |" in card and "90.0%" in card
+    assert "trust_remote_code=True" in card
+
+
+def test_export_refuses_to_write_into_another_folder(run, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    for out, what in ((run, "the --ckpt folder"), (tmp_path / "taken", "a folder of other files")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", "--ckpt", str(run), "--out", str(out)])
+        assert exit_info.value.code == 2 and what in capsys.readouterr().err
+    assert not (run / "model_index.json").exists() and [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
 
 
 def test_default_guidance_is_defined_once(run):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sdtgen.cli.options import ATTENTION_VARIANTS
+from sdtgen.cli.options import ATTENTION_VARIANTS, out_folder
 
 EPILOG = """\
 sources:
@@ -47,7 +47,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "source", metavar="SOURCE", help="the .pt file (--from dit) or the model / pipeline folder (--from diffusers)"
     )
     parser.add_argument(
-        "--out", required=True, metavar="DIR", help="folder to write the SDTDiT to (created if missing)"
+        "--out",
+        required=True,
+        type=out_folder,
+        metavar="DIR",
+        help="folder to write the SDTDiT to (created if missing)",
     )
     parser.add_argument(
         "--attention",

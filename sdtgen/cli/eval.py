@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdtgen.cli.options import DTYPES, SHOWN_DEFAULT_GUIDANCE, asking_for_flags, check_seed, torch_dtype
+from sdtgen.cli.options import DTYPES, SHOWN_DEFAULT_GUIDANCE, asking_for_flags, check_seed, out_folder, torch_dtype
 
 EPILOG = """\
 references (--ref):
@@ -71,7 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--inception-weights", help="path of torch-fidelity's Inception weights (for .npz and folder references)"
     )
-    parser.add_argument("--out", default="eval", help="folder for samples.npz and metrics.json (default: eval)")
+    parser.add_argument(
+        "--out", default="eval", type=out_folder, help="folder for samples.npz and metrics.json (default: eval)"
+    )
     parser.set_defaults(run=run, parser=parser)
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sdtgen.cli.options import out_folder
+
 if TYPE_CHECKING:  # torch is imported only when the command runs, to keep `sdtgen --help` fast
     from torch.utils.data import Dataset
 
@@ -82,7 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=out_folder,
         metavar="DIR",
         help="cache folder (default: cache/animals-latents for the animals train split; required for folders)",
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 ATTENTION_VARIANTS = ("vanilla", "fixed", "learned-fixed", "sdt", "sdt-decomposed")  # sdtgen.models.attention
 SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++"), "flow": ("euler", "heun", "dpm++")}  # sdtgen.diffusion.sampling
@@ -32,6 +33,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sampler", choices=sorted({s for names in SAMPLERS.values() for s in names}), help="see below"
     )
+
+
+def out_folder(value: str) -> Path:
+    """The argparse type of an --out folder: refused at parse time if it names a file, before any work."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a file; give a folder (it is created if missing)")
+    return path
 
 
 def torch_dtype(name: str):

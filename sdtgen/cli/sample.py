@@ -25,6 +25,7 @@ from sdtgen.cli.options import (
     add_model_arguments,
     asking_for_flags,
     check_seed,
+    out_folder,
     torch_dtype,
 )
 
@@ -101,7 +102,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=16, metavar="N", help="samples per forward pass (default: 16)"
     )
-    parser.add_argument("--out", default="samples", metavar="DIR", help="output folder (default: samples)")
+    parser.add_argument(
+        "--out", default="samples", type=out_folder, metavar="DIR", help="output folder (default: samples)"
+    )
     parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the process's accelerator, else cpu)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model precision (default: fp32)")
     parser.add_argument("--list-classes", action="store_true", help="print the model's class ids and names, and exit")

@@ -13,6 +13,7 @@ process).
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,8 @@ examples:
   sdtgen train --config configs/imagenet256_sdt_xl2.yaml train.resume=latest
 """
 MODULE = "sdtgen.cli.train"  # what each launched process runs
+LAUNCH_LOGGER = "accelerate.commands.launch"
+DEFAULTS_NOTE = "The following values were not passed to `accelerate launch`"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,16 +65,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=launch, parser=parser)
 
 
+class _DropDefaultsNote(logging.Filter):
+    """Drops accelerate's note that it used its defaults (no `accelerate config`): they are the ones wanted here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(DEFAULTS_NOTE)
+
+
 def launch(args: argparse.Namespace) -> None:
     """Run `accelerate launch -m sdtgen.cli.train ARGS`; exit with the launched processes' status."""
     from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     argv = [*(["--config", args.config] if args.config else []), *args.overrides]
+    launcher_log, note_filter = logging.getLogger(LAUNCH_LOGGER), _DropDefaultsNote()
+    launcher_log.addFilter(note_filter)
     try:
         launch_command(launch_command_parser().parse_args(["-m", MODULE, *argv]))
     except subprocess.CalledProcessError as error:
-        # The process has printed its one-line error; the launcher's traceback would only repeat the command.
+        # The process has printed its one-line error; the launcher's traceback would only repeat it.
         raise SystemExit(error.returncode) from None
+    except ChildFailedError as error:  # several processes (torchrun): the status of the first that failed
+        raise SystemExit(error.get_first_failure()[1].exitcode or 1) from None
+    finally:
+        launcher_log.removeFilter(note_filter)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "sdtgen train") -> int:

@@ -15,6 +15,7 @@ it is the diffusion time).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +138,20 @@ def check_steps(steps: int) -> None:
         raise ValueError(f"The number of sampling steps must be at least 1, got {steps}.")
 
 
+def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """ValueError unless `labels` is a 1-d integer tensor of ids in 0..num_classes-1.
+
+    Checked once per sampling call: an id out of range would otherwise reach the label
+    embedding, where a GPU stops with a device-side assert and a CPU with an IndexError.
+    """
+    if not torch.is_tensor(labels) or labels.ndim != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be a 1-d tensor of integer class ids, got {labels!r:.80}.")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+        raise ValueError(
+            f"labels must be class ids in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}."
+        )
+
+
 @dataclass(frozen=True)
 class Guidance:
     """Classifier-free guidance, `uncond + scale * (cond - uncond)`, and where it acts.
@@ -156,8 +171,8 @@ class Guidance:
 
     def check(self, model_config: Any) -> None:
         """Raise ValueError if these settings are invalid or do not fit the model's config."""
-        if not self.scale >= 0:  # also refuses NaN
-            raise ValueError(f"The guidance scale must be >= 0 (1 = no guidance), got {self.scale}.")
+        if not 0 <= self.scale < math.inf:  # also refuses NaN
+            raise ValueError(f"The guidance scale must be finite and >= 0 (1 = no guidance), got {self.scale}.")
         low, high = self.interval
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(
@@ -216,6 +231,7 @@ def denoise(
     config = model.config
     check_steps(steps)
     guidance.check(config)
+    check_labels(labels, config.num_classes)
     device, batch = model.device, labels.shape[0]
     if isinstance(generator, list) and len(generator) != batch:
         raise ValueError(f"Got {len(generator)} generators for {batch} samples; pass one per sample or a single one.")

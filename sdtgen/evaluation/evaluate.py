@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from sdtgen.diffusion.sampling import Guidance, default_guidance, default_steps, sample_seed
 from sdtgen.distributed import process_state
-from sdtgen.evaluation.metrics import compute_metrics, fid_against_npz
+from sdtgen.evaluation.metrics import compute_metrics, fid_against_npz, read_npz
 from sdtgen.generation import generate
 from sdtgen.pipeline import SDTPipeline
 from sdtgen.vae import LatentVAE
@@ -157,20 +157,18 @@ def save_npz(path: Path, images: np.ndarray, labels: np.ndarray | None) -> Path:
 
 def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Images (uint8 NHWC) and labels from an `.npz` (arr_0 / arr_1) or a folder of PNGs named `<class>-...png`."""
-    from PIL import Image
-
     path = Path(path)
     if path.suffix == ".npz" and path.is_file():
-        with np.load(path) as data:
-            if "arr_0" not in data:
-                raise ValueError(f"{path} has no arr_0 images (keys: {', '.join(data.files)}).")
-            return data["arr_0"], (data["arr_1"] if "arr_1" in data else None)
+        arrays, names = read_npz(path, ("arr_0", "arr_1"))
+        if "arr_0" not in arrays:
+            raise ValueError(f"{path} has no arr_0 images (keys: {', '.join(names)}).")
+        return arrays["arr_0"], arrays.get("arr_1")
     if not path.is_dir():
         raise FileNotFoundError(f"The sample set {path} is neither an .npz file nor a folder of PNG images.")
     files = sorted(p for p in path.glob("*.png") if p.name != "grid.png")
     if not files:
         raise FileNotFoundError(f"{path} holds no sample PNGs.")
-    arrays = [np.asarray(Image.open(p)) for p in files]
+    arrays = [_read_png(p) for p in files]
     for file, array in zip(files, arrays):
         if array.shape != arrays[0].shape:
             raise ValueError(
@@ -182,6 +180,16 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     names = [p.name.split("-", 1)[0] for p in files]
     labels = np.asarray([int(n) for n in names]) if all(n.isdigit() for n in names) else None
     return images, labels
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise ValueError(f"{path} is not a readable image ({error}); remove it from the sample folder.") from None
 
 
 def _size(image: np.ndarray) -> str:
@@ -233,8 +241,7 @@ def score(
         return compute_metrics(images, labels, reference="animals")
     weights = inception_weights(inception_weights_path)
     if ref.endswith(".npz"):
-        with np.load(ref) as batch:
-            reference = batch["arr_0"] if "arr_0" in batch else None
+        reference = read_npz(ref, ("arr_0",))[0].get("arr_0")
         if reference is None:  # statistics only: FID is all there is
             return fid_against_npz(images, ref, feature_extractor=INCEPTION, feature_extractor_weights_path=weights)
         # ADM batches hold reference images too, for the other metrics; FID takes the precomputed statistics.

@@ -19,7 +19,11 @@ Two kinds of reference:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import pickle
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch_fidelity
+from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
@@ -39,6 +45,8 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 from sdtgen.data.animals import ANIMAL_CLASSES, load_animals
 from sdtgen.data.latents.format import file_sha256
 from sdtgen.evaluation import feature_net
+
+logger = logging.getLogger(__name__)
 
 BUILTIN_REFERENCE = "animals"
 DEFAULT_KID_SUBSET_SIZE = 1000
@@ -62,19 +70,51 @@ class ImageTensorDataset(Dataset):
         return self.images[index]
 
 
-def to_nchw_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Validate uint8 images, NCHW or NHWC with 1 or 3 channels; return them NCHW."""
-    images = torch.as_tensor(images)
+def to_nchw_uint8(images: torch.Tensor | np.ndarray | list) -> torch.Tensor:
+    """Validate uint8 images, NCHW or NHWC with 1 or 3 channels (or a list of PIL images); return them NCHW.
+
+    Float images are refused with the conversion to make: metrics need the rounding every
+    saved sample gets, and a float in [0, 1] or [-1, 1] read as 0..255 would score black images.
+    """
+    if isinstance(images, (list, tuple)) and images and all(isinstance(image, Image.Image) for image in images):
+        images = np.stack([np.asarray(image) for image in images])  # a pipeline's output_type='pil'
+    try:
+        images = torch.as_tensor(images)
+    except (TypeError, RuntimeError, ValueError):
+        raise ValueError(
+            f"images must be a uint8 array (N, C, H, W) or (N, H, W, C) or a list of PIL images, got {type(images).__name__}."
+        ) from None
+    if images.is_floating_point():
+        low, high = (float(v) for v in images.aminmax()) if images.numel() else (0.0, 0.0)
+        convert = "(images * 255).round()" if low >= 0 and high <= 1 else "((images + 1) * 127.5).round()"
+        raise ValueError(
+            f"images must be uint8 0..255, got {images.dtype} values in [{low:.4g}, {high:.4g}]; convert with "
+            f"{convert}.clamp(0, 255) to uint8 (for [0, 1] or [-1, 1] images respectively), or pass output_type='pil'."
+        )
     if images.dtype != torch.uint8 or images.ndim != 4 or len(images) == 0:
         raise ValueError(
             f"images must be a non-empty uint8 array (N, C, H, W) or (N, H, W, C), "
-            f"got {images.dtype} {tuple(images.shape)}"
+            f"got {images.dtype} {tuple(images.shape)}."
         )
     if images.shape[1] in (1, 3):
         return images
     if images.shape[-1] in (1, 3):
         return images.permute(0, 3, 1, 2)
-    raise ValueError(f"images need 1 or 3 channels first or last, got shape {tuple(images.shape)}")
+    raise ValueError(f"images need 1 or 3 channels first or last, got shape {tuple(images.shape)}.")
+
+
+def read_npz(path: str | Path, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The arrays `names` of an .npz file that holds them, and the names of all it holds.
+
+    ValueError saying so if the file is not a readable .npz (a truncated download, another
+    format); object arrays are refused, as numpy refuses to unpickle them.
+    """
+    try:
+        with np.load(path) as batch:
+            return {name: batch[name] for name in names if name in batch}, list(batch.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ValueError(f"{path} is not a readable .npz file ({reason}); write or download it again.") from None
 
 
 def extract_features(
@@ -83,7 +123,15 @@ def extract_features(
     """Features ``{name: (N, D) float tensor}`` of uint8 NCHW ``images``, via torch-fidelity."""
     _check_extractor(feature_extractor)
     cuda = torch.cuda.is_available()
-    extractor = create_feature_extractor(feature_extractor, features, cuda=cuda, verbose=False, **extractor_kwargs)
+    try:
+        extractor = create_feature_extractor(feature_extractor, features, cuda=cuda, verbose=False, **extractor_kwargs)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
+        weights = extractor_kwargs.get("feature_extractor_weights_path") or "its weights file"
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise OSError(
+            f"Could not load the feature extractor {feature_extractor!r}: {weights} is unreadable or corrupt ({reason}); "
+            "fetch the file again."
+        ) from None
     # save_cpu_ram=True keeps torch-fidelity from spawning DataLoader workers for tensors.
     return get_featuresdict_from_dataset(
         ImageTensorDataset(images), extractor, batch_size, cuda, save_cpu_ram=True, verbose=False
@@ -120,9 +168,8 @@ def builtin_reference_features(
     data_sha = hashlib.sha256(images.numpy().tobytes()).hexdigest()
     key = hashlib.sha256(f"{feature_extractor}|{weights_sha256}|{feature}|{data_sha}".encode()).hexdigest()
     path = Path(cache_dir or default_cache_dir()) / f"animals-train-{feature_extractor}-{key[:16]}.safetensors"
-    if path.is_file():
-        reference = load_file(path)["features"]
-    else:
+    reference = _cached_features(path)
+    if reference is None:
         reference = extract_features(images, feature_extractor, [feature], **extractor_kwargs)[feature]
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(
@@ -131,6 +178,17 @@ def builtin_reference_features(
             metadata={"data_sha256": data_sha, "weights_sha256": str(weights_sha256)},
         )
     return reference, f"animals train split ({len(images)} images, pixels sha256 {data_sha[:16]})"
+
+
+def _cached_features(path: Path) -> torch.Tensor | None:
+    """The features cached in `path`; None if there are none, or they are unreadable (then computed again)."""
+    if not path.is_file():
+        return None
+    try:
+        return load_file(path)["features"]
+    except (OSError, KeyError, SafetensorError) as error:
+        logger.warning("the cached reference features %s are unreadable (%s); computing them again", path, error)
+        return None
 
 
 def _check_extractor(feature_extractor: str) -> None:
@@ -147,7 +205,10 @@ def _default_layer(feature_extractor: str, metric: str) -> str:
 
 
 def _check_labels(labels: torch.Tensor | np.ndarray, num_samples: int) -> torch.Tensor:
-    labels = torch.as_tensor(labels).long()
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+        raise ValueError(f"sample_labels must be integer class ids, got {labels.dtype}.")
+    labels = labels.long()
     if labels.shape != (num_samples,):
         raise ValueError(f"sample_labels must have shape ({num_samples},), got {tuple(labels.shape)}")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(ANIMAL_CLASSES)):
@@ -304,10 +365,10 @@ def load_npz_statistics(npz_path: str | Path) -> NpzStatistics:
     npz_path = Path(npz_path)
     if not npz_path.is_file():
         raise FileNotFoundError(f"reference batch not found: {npz_path}")
-    with np.load(npz_path) as batch:
-        if "mu" not in batch or "sigma" not in batch:
-            raise ValueError(f"{npz_path} holds no 'mu'/'sigma' statistics (keys: {', '.join(batch.files)})")
-        mu, sigma = batch["mu"].astype(np.float64), batch["sigma"].astype(np.float64)
+    arrays, names = read_npz(npz_path, ("mu", "sigma"))
+    if len(arrays) < 2:
+        raise ValueError(f"{npz_path} holds no 'mu'/'sigma' statistics (keys: {', '.join(names)})")
+    mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
     digest = file_sha256(npz_path)
     return NpzStatistics(npz_path, mu, sigma, f"precomputed mu/sigma of {npz_path.name} (sha256 {digest[:16]})")
 

@@ -25,14 +25,17 @@ an older sdtgen half-deleted in place; superseded and unfinished copies are dele
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sdtgen.runs import (
@@ -199,23 +202,34 @@ def _rng_states() -> dict[str, torch.Tensor]:
 
 
 def restore_rng_state(checkpoint: Path) -> None:
-    states = load_file(checkpoint / "rng.safetensors")
+    with _readable(checkpoint):
+        states = load_file(checkpoint / "rng.safetensors")
     torch.set_rng_state(states.pop("cpu"))
     cuda_states = [states[f"cuda{i}"] for i in range(len(states))]
     if torch.cuda.is_available() and cuda_states:
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
 
 
-def load_training_state(checkpoint: Path) -> tuple[dict, dict, dict]:
-    """(raw model weights, optimizer + scaler state, trainer_state) of a checkpoint."""
-    try:
+def load_training_state(checkpoint: Path) -> tuple[dict, dict, dict, dict]:
+    """(raw model weights, EMA weights, optimizer + scaler state, trainer_state) of a checkpoint."""
+    ema_file = checkpoint / MODEL_DIR / "diffusion_pytorch_model.safetensors"
+    with _readable(checkpoint):
         weights = load_file(checkpoint / "training_model.safetensors")
+        ema_weights = load_file(ema_file)
         optim = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
         state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+    check_finite_weights(weights, checkpoint / "training_model.safetensors")
+    check_finite_weights(ema_weights, ema_file)
+    return weights, ema_weights, optim, state
+
+
+@contextlib.contextmanager
+def _readable(checkpoint: Path) -> Iterator[None]:
+    """Turn a missing, truncated or corrupt file of `checkpoint` into one RuntimeError saying what to do."""
+    try:
+        yield
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
         reason = " ".join(str(error).split())[:300]
         raise RuntimeError(
             f"Checkpoint {checkpoint} is unreadable ({reason}). Delete it to resume from the one before."
         ) from error
-    check_finite_weights(weights, checkpoint / "training_model.safetensors")
-    return weights, optim, state

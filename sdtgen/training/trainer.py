@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from sdtgen.config import RunConfig, config_to_dict, save_config
@@ -32,7 +31,6 @@ from sdtgen.runs import (
     CLASS_NAMES_FILE,
     CONFIG_FILE,
     LOG_FILE,
-    MODEL_DIR,
     TRAINER_STATE_FILE,
     checkpoint_name,
 )
@@ -43,6 +41,7 @@ from sdtgen.training.precision import resolve_mixed_precision
 from sdtgen.training.randomness import EpochOrder, StepKeys, StepRandomness, draw_step_randomness, init_seed
 from sdtgen.training.reporting import save_loss_plot, save_sample_grid
 from sdtgen.training.representation import dispersive_loss, load_encoder, repa_loss
+from sdtgen.training.run_lock import hold_run_folder
 
 
 def build_model(
@@ -54,6 +53,11 @@ def build_model(
     """
     m = config.model
     if m.pretrained:
+        if not (Path(m.pretrained) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.pretrained={m.pretrained} is not an SDTDiT folder (no config.json in it); pass a checkpoint's "
+                "model/ folder or the output of `sdtgen convert`."
+            )
         model = SDTDiT.from_pretrained(m.pretrained)
         ckpt.check_finite_weights(model.state_dict(), m.pretrained)
         if (model.config.in_channels, model.config.input_size) != (latent_shape[0], latent_shape[1]):
@@ -137,6 +141,11 @@ class Trainer:
             mixed_precision=t.mixed_precision, log_with=_tensorboard_if_installed(), project_dir=config.output_dir
         )
         self.device = self.accelerator.device
+        if config.model.attention_backend == "flex" and self.device.type == "cpu":  # found before the data is prepared
+            raise ValueError(
+                "model.attention_backend=flex cannot train on CPU (FlexAttention has no CPU backward in this torch); "
+                "use auto or sdpa, or train on a GPU."
+            )
         if self.device.type == "cuda" and t.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -202,12 +211,16 @@ class Trainer:
     # ---------------------------------------------------------------- state
     def _restore(self, checkpoint: Path, model: SDTDiT, optimizer: torch.optim.Optimizer) -> tuple[int, dict | None]:
         """Load weights, EMA, optimizer and RNG of `checkpoint`; return (step, grad-scaler state)."""
-        weights, optim, state = ckpt.load_training_state(checkpoint)
-        model.load_state_dict(weights)
+        weights, ema_weights, optim, state = ckpt.load_training_state(checkpoint)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as error:  # torch lists every key: name the first and say what to do
+            first = str(error).split(":", 1)[-1].strip().split(". ")[0][:200]
+            raise ValueError(
+                f"Cannot resume {checkpoint}: it holds a model of another shape ({first}). Resume with the run's own "
+                "model settings and objective (its config.yaml), or train into a new output_dir."
+            ) from None
         optimizer.load_state_dict(optim["optimizer"])
-        ema_file = checkpoint / MODEL_DIR / "diffusion_pytorch_model.safetensors"
-        ema_weights = load_file(ema_file)
-        ckpt.check_finite_weights(ema_weights, ema_file)
         self.ema.model.load_state_dict(ema_weights)
         ckpt.restore_rng_state(checkpoint)
         if (
@@ -506,5 +519,6 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def train(config: RunConfig) -> Path:
-    """Train (or resume) the run described by `config`; returns the run folder."""
-    return Trainer(config).train()
+    """Train (or resume) the run described by `config`, holding its folder's lock throughout; returns the run folder."""
+    with hold_run_folder(config.output_dir):
+        return Trainer(config).train()
