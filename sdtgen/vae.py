@@ -145,18 +145,18 @@ class LatentVAE(torch.nn.Module):
         }
 
     def _check_images(self, images: torch.Tensor) -> None:
-        check_image_values(images, f"The VAE {self.source!r}")
         factor = self.downsample_factor
         if (
-            images.ndim != 4
+            getattr(images, "ndim", None) != 4
             or images.shape[1] != self.image_channels
             or images.shape[2] % factor
             or images.shape[3] % factor
         ):
             raise ValueError(
                 f"The VAE {self.source!r} expects images of shape (B, {self.image_channels}, "
-                f"H, W) with H and W divisible by {factor}, got {tuple(images.shape)}."
+                f"H, W) with H and W divisible by {factor}, got {tuple(getattr(images, 'shape', ()))}."
             )
+        check_image_values(images, f"The VAE {self.source!r}")
 
 
 def check_image_values(images: torch.Tensor, what: str) -> None:

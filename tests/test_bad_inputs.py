@@ -9,6 +9,7 @@ cases (marked slow) run real processes.
 import errno
 import json
 import os
+import re
 import runpy
 import shutil
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -132,6 +134,16 @@ def damaged_copy(run_dir: Path, to: Path, damage: str) -> Path:
         (checkpoint / "optimizer.pt").unlink()
     elif damage == "corrupt optimizer":
         (checkpoint / "optimizer.pt").write_bytes(b"not a torch file")
+    elif damage in ("truncated weights", "truncated ema weights", "corrupt rng"):
+        file = (
+            checkpoint
+            / {
+                "truncated weights": "training_model.safetensors",
+                "truncated ema weights": "model/diffusion_pytorch_model.safetensors",
+                "corrupt rng": "rng.safetensors",
+            }[damage]
+        )
+        file.write_bytes(file.read_bytes()[:100])
     elif damage in ("nan weights", "nan ema weights"):
         file = checkpoint / (
             "model/diffusion_pytorch_model.safetensors" if damage == "nan ema weights" else "training_model.safetensors"
@@ -160,6 +172,13 @@ TRAINER_CASES = [
         2,
         "holds non-finite weights",
     ),
+    ("resume: training weights truncated", ["train.resume=latest", "damage=truncated weights"], 1, "is unreadable"),
+    ("resume: EMA weights truncated", ["train.resume=latest", "damage=truncated ema weights"], 1, "is unreadable"),
+    ("resume: rng state corrupt", ["train.resume=latest", "damage=corrupt rng"], 1, "is unreadable"),
+    ("resume: other depth", ["train.resume=latest", "model.depth=3"], 2, "holds a model of another shape"),
+    ("resume: other objective", ["train.resume=latest", "objective=flow"], 2, "holds a model of another shape"),
+    ("pretrained: no folder", ["model.pretrained={tmp}/nope"], 2, "is not an SDTDiT folder"),
+    ("output_dir is a file", ["output_dir={files}/list.yaml"], 2, "is a file, not a folder"),
     ("resume: other global batch", ["train.resume=latest", "train.global_batch_size=4"], 2, "data order would change"),
     ("micro batch does not divide", ["train.micro_batch_size=3"], 2, "multiple of train.micro_batch_size=3"),
     (
@@ -448,3 +467,242 @@ def test_a_run_killed_before_its_final_grid_writes_it_on_resume(finished_run, tm
     written = grid.stat().st_mtime
     train(load_config(None, again))
     assert grid.stat().st_mtime == written  # complete: nothing is redone
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="flex trains on a GPU")
+def test_flex_on_cpu_is_refused_before_the_data_is_prepared(tmp_path, monkeypatch, capsys):
+    command = train_gen(monkeypatch, f"output_dir={tmp_path / 'run'}", *TINY, "model.attention_backend=flex")
+    assert "model.attention_backend=flex cannot train on CPU" in one_error_line(capsys, command, 2)
+    assert not (tmp_path / "run").exists()  # stopped before writing anything
+
+
+# ---------------------------------------------------------------- files given to the commands
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sample", "--ckpt", "{good}"],
+        ["export", "--ckpt", "{good}"],
+        ["eval", "--ckpt", "{good}"],
+        ["convert", "--from", "dit", "{good}/x.pt"],
+        ["extract-latents", "--data", "animals"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_an_out_folder_that_is_a_file_is_refused_before_any_work(runs, tmp_path, capsys, argv):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    command = [a.format(**runs) for a in argv] + ["--out", str(taken)]
+    assert "is a file; give a folder" in one_error_line(capsys, lambda: main(command), 2)
+    assert taken.read_text() == "mine"
+
+
+def test_a_run_with_a_corrupt_config_yaml_is_named(runs, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["good"], run_dir)
+    state = run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    state.write_text(json.dumps({"step": 2}))  # an older checkpoint: the config comes from config.yaml
+    (run_dir / "config.yaml").write_text(": : :")
+    line = one_error_line(capsys, lambda: main(["sample", "--ckpt", str(run_dir), "--out", str(tmp_path / "o")]), 2)
+    assert "config.yaml is unreadable or not valid YAML" in line
+
+
+@pytest.fixture(scope="module")
+def sample_files(tmp_path_factory) -> Path:
+    """Sample sets and weights as users hand them to `sdtgen eval`: some damaged, one of floats."""
+    root = tmp_path_factory.mktemp("samples")
+    (root / "junk.npz").write_bytes(b"not an npz")
+    images = np.zeros((4, 32, 32, 1), np.uint8)
+    np.savez(root / "float.npz", arr_0=images.astype(np.float32) / 255, arr_1=np.arange(4))
+    np.savez(root / "good.npz", arr_0=images, arr_1=np.arange(4))
+    np.savez(root / "stats.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    (root / "pngs").mkdir()
+    (root / "pngs" / "0-a.png").write_text("not a png")
+    (root / "inception.pth").write_bytes(b"truncated")
+    return root
+
+
+EVAL_FILE_CASES = [
+    # --samples, further arguments, exit status, substring of the message
+    ("junk.npz", [], 2, "junk.npz is not a readable .npz file"),
+    ("float.npz", [], 2, "images must be uint8 0..255, got torch.float32 values in [0, 0]"),
+    ("pngs", [], 2, "0-a.png is not a readable image"),
+    (
+        "good.npz",
+        ["--ref", "{root}/stats.npz", "--inception-weights", "{root}/inception.pth"],
+        2,
+        "is unreadable or corrupt",
+    ),
+    (
+        "good.npz",
+        ["--ref", "{root}/junk.npz", "--inception-weights", "{root}/inception.pth"],
+        2,
+        "is not a readable .npz",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "samples, argv, status, message", EVAL_FILE_CASES, ids=[f"{c[0]} {c[3]}" for c in EVAL_FILE_CASES]
+)
+def test_eval_files_that_cannot_be_read_are_named(sample_files, tmp_path, capsys, samples, argv, status, message):
+    command = ["eval", "--samples", str(sample_files / samples), "--out", str(tmp_path / "out")]
+    command += [a.format(root=sample_files) for a in argv]
+    assert message in one_error_line(capsys, lambda: main(command), status)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- caches
+
+
+def test_a_corrupt_reference_feature_cache_is_computed_again(tmp_path, monkeypatch, caplog):
+    from sdtgen.evaluation.metrics import compute_metrics
+
+    monkeypatch.setenv("SDTGEN_CACHE_DIR", str(tmp_path))
+    images, labels = np.zeros((4, 32, 32, 1), np.uint8), np.arange(4)
+    first = compute_metrics(images, labels, fid_and_accuracy_only=True)["fid"]
+    (cached,) = tmp_path.rglob("*.safetensors")
+    cached.write_bytes(b"truncated")
+    assert compute_metrics(images, labels, fid_and_accuracy_only=True)["fid"] == pytest.approx(first)
+    assert "unreadable" in caplog.text and load_file(cached)["features"].shape[0] == 9000
+
+
+# ---------------------------------------------------------------- library calls
+
+
+@pytest.fixture(scope="module")
+def vae():
+    from sdtgen.vae import load_vae
+
+    return load_vae("builtin")
+
+
+IMAGE_CASES = [
+    # images given to the VAE, substring of the message
+    (
+        lambda: torch.zeros(2, 1, 32, 32, dtype=torch.uint8),
+        "torch.uint8 tensor (0..255: pass images.float() / 127.5 - 1)",
+    ),
+    (lambda: torch.full((2, 1, 32, 32), 200.0), "as 0..255 images do: pass images / 127.5 - 1"),
+    (lambda: torch.rand(2, 1, 32, 32), "as images in [0, 1]"),
+    (lambda: torch.full((2, 1, 32, 32), float("nan")), "NaN or inf"),
+    (lambda: np.zeros((2, 1, 32, 32), np.float32), "got a ndarray"),
+]
+
+
+@pytest.mark.parametrize("make, message", IMAGE_CASES, ids=["uint8", "0..255", "0..1", "nan", "numpy"])
+def test_the_vae_says_which_images_it_takes(vae, make, message):
+    with pytest.raises(ValueError, match="takes float images in \\[-1, 1\\]") as error:
+        vae.encode_moments(make())
+    assert message in str(error.value)
+    vae.encode_moments(torch.rand(2, 1, 32, 32) * 2 - 1)  # [-1, 1]: fine
+
+
+def test_decode_takes_float_latents(vae):
+    with pytest.raises(ValueError, match="decode takes float latents"):
+        vae.decode(torch.zeros(1, vae.latent_channels, 8, 8, dtype=torch.long))
+
+
+def test_the_metrics_say_which_images_and_labels_they_take(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from sdtgen.evaluation.metrics import compute_metrics, to_nchw_uint8
+
+    with pytest.raises(ValueError, match=r"\(images \* 255\)\.round\(\)"):
+        to_nchw_uint8(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"\(\(images \+ 1\) \* 127\.5\)"):
+        to_nchw_uint8(torch.rand(2, 3, 8, 8) * 2 - 1)
+    pil = [PILImage.new("L", (8, 8), 255)] * 2  # a pipeline's output_type='pil'
+    assert to_nchw_uint8(pil).shape == (2, 1, 8, 8)
+    monkeypatch.setenv("SDTGEN_CACHE_DIR", str(tmp_path))
+    images = np.zeros((4, 32, 32, 1), np.uint8)
+    for labels, message in ((np.array([0.5, 1, 2, 3]), "integer class ids"), (np.ones(4, bool), "integer class ids")):
+        with pytest.raises(ValueError, match=message):
+            compute_metrics(images, labels, fid_and_accuracy_only=True)
+
+
+def test_the_pipeline_and_sampling_say_which_labels_they_take(runs):
+    from sdtgen.diffusion.sampling import Guidance, denoise
+    from sdtgen.generation import generate
+    from sdtgen.runs import find_source, load_pipeline
+
+    pipe = load_pipeline(find_source(runs["good"]))
+    kwargs = dict(num_inference_steps=1, output_type="latent", generator=torch.manual_seed(0))
+    for labels, message in (
+        ([2.0], "integer id or a name, got 2.0"),
+        ([True], "got the boolean True"),
+        (torch.tensor([1.5]), "integer id or a name, got 1.5"),
+        ([], "class_labels is empty"),
+        ([10], "outside this model's range 0..9"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            pipe(class_labels=labels, **kwargs)
+    assert pipe(class_labels=torch.tensor([1, 2]), **kwargs).images.shape[0] == 2  # tensors of ids are fine
+    for labels, message in ((torch.tensor([0, 10]), "class ids in 0..9, got 0..10"), (torch.tensor([0.0]), "integer")):
+        with pytest.raises(ValueError, match=message):
+            denoise(pipe.transformer, pipe.scheduler, labels, steps=1, guidance=Guidance(1.0))
+    with pytest.raises(ValueError, match="Sample indices must be in 0..1"):
+        generate(pipe, [0, 1], [-1], seed=0, batch_size=1, steps=1)
+
+
+# ---------------------------------------------------------------- two runs, one folder
+
+
+def hold_lock(run_dir: Path) -> subprocess.Popen:
+    """A real process holding `run_dir`'s lock, as a training run does; returns once it holds it."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from sdtgen.training.run_lock import RunLock; RunLock.acquire(sys.argv[1]); "
+            "print('held', flush=True); time.sleep(300)",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_on_a_folder_in_use_stops_and_a_stale_lock_is_taken_over(
+    finished_run, tmp_path, monkeypatch, capsys, caplog
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    holder = hold_lock(run_dir)
+    try:
+        again = [f"output_dir={run_dir}", *TINY, "train.max_steps=3", "train.resume=latest"]
+        line = one_error_line(capsys, train_gen(monkeypatch, *again), 1)
+        assert f"is being trained into by process {holder.pid}" in line
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run_dir / ".lock").is_file()  # killed: the lock file stays, its lock is free
+    train(load_config(None, again))
+    assert f"took over the lock of process {holder.pid}" in caplog.text
+    assert ckpt.resolve_resume("latest", run_dir / "checkpoints").name == "checkpoint-3"
+    assert not (run_dir / ".lock").exists()  # released at the end
+
+
+# ---------------------------------------------------------------- the launcher
+
+
+@pytest.mark.slow
+def test_sdtgen_train_ends_a_bad_run_with_the_one_line(tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}  # no saved accelerate config
+    result = subprocess.run(
+        [sys.executable, "-m", "sdtgen.cli", "train", f"output_dir={tmp_path / 'run'}", *TINY, "model.preset=Z/3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[-1].startswith("sdtgen train: error: model.preset must be one of"), (
+        result.stderr
+    )
+    assert len(lines) == 1, result.stderr  # no launcher note before it, no traceback after it

@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "sdtgen.decay_content",
         "sdtgen.convert",
     ),
-    ("sdtgen.runs",),
+    ("sdtgen.runs", "sdtgen.model_card"),
     ("sdtgen.evaluation",),
     ("sdtgen.training",),
     ("sdtgen.cli",),  # every command and flag name

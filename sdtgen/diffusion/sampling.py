@@ -172,7 +172,7 @@ class Guidance:
     def check(self, model_config: Any) -> None:
         """Raise ValueError if these settings are invalid or do not fit the model's config."""
         if not 0 <= self.scale < math.inf:  # also refuses NaN
-            raise ValueError(f"The guidance scale must be finite and >= 0 (1 = no guidance), got {self.scale}.")
+            raise ValueError(f"The guidance scale must be >= 0 and finite (1 = no guidance), got {self.scale}.")
         low, high = self.interval
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(

@@ -78,6 +78,7 @@ def to_nchw_uint8(images: torch.Tensor | np.ndarray | list) -> torch.Tensor:
     """
     if isinstance(images, (list, tuple)) and images and all(isinstance(image, Image.Image) for image in images):
         images = np.stack([np.asarray(image) for image in images])  # a pipeline's output_type='pil'
+        images = images[..., None] if images.ndim == 3 else images  # gray: (N, H, W) -> NHWC
     try:
         images = torch.as_tensor(images)
     except (TypeError, RuntimeError, ValueError):
@@ -88,8 +89,8 @@ def to_nchw_uint8(images: torch.Tensor | np.ndarray | list) -> torch.Tensor:
         low, high = (float(v) for v in images.aminmax()) if images.numel() else (0.0, 0.0)
         convert = "(images * 255).round()" if low >= 0 and high <= 1 else "((images + 1) * 127.5).round()"
         raise ValueError(
-            f"images must be uint8 0..255, got {images.dtype} values in [{low:.4g}, {high:.4g}]; convert with "
-            f"{convert}.clamp(0, 255) to uint8 (for [0, 1] or [-1, 1] images respectively), or pass output_type='pil'."
+            f"images must be uint8 0..255, got {images.dtype} values in [{low:.4g}, {high:.4g}]; convert them with "
+            f"{convert}.clamp(0, 255).to(torch.uint8), or sample with output_type='pil'."
         )
     if images.dtype != torch.uint8 or images.ndim != 4 or len(images) == 0:
         raise ValueError(
