@@ -83,7 +83,9 @@ def test_export_loads_with_diffusers_generic_loader_and_has_a_model_card(run, tm
     from diffusers import DiffusionPipeline
     from diffusers.utils import dynamic_modules_utils
 
-    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # diffusers copies code there
+    monkeypatch.setattr(
+        dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules")
+    )  # diffusers copies code there
     (run / "metrics.json").write_text(json.dumps({"fid": 12.5, "class_accuracy": 0.9, "provenance": {"steps": 3}}))
     try:
         assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "pipe"), "--license", "mit"]) == 0
