@@ -13,7 +13,12 @@ The FLOPs of one step (forward + backward, counted by torch's FlopCounterMode on
 vanilla model) turn times into GFLOP/s, and into MFU when --peak-tflops gives the device's
 dense peak (989 for an H100 / H200 SXM in bf16).
 
+The model's blocks are the built-in recipe's (ModelConfig's rope, mlp, norm, qk_norm);
+`--blocks dit` times DiT's (GELU, LayerNorm, no RoPE). Each table marks with `auto` the
+backend `attention_backend=auto` picks for that variant, device, precision and size.
+
 Examples:
+    python benchmarks/bench_model.py --table --math                  # docs/benchmarks.md's auto table: both shapes x fp32 / bf16
     python benchmarks/bench_model.py                                 # S/2, 256 tokens, batch 8, CPU fp32
     python benchmarks/bench_model.py --input-size 64 --batch 2      # 1024 tokens
     python benchmarks/bench_model.py --preset T/2 --input-size 16 --batch 128   # the built-in run's step
@@ -31,8 +36,13 @@ import time
 import torch
 
 from sdtgen import SDTDiT
+from sdtgen.config import ModelConfig
 from sdtgen.models.attention import ATTENTION_VARIANTS
-from sdtgen.models.backends import flex_available
+from sdtgen.models.backends import flex_available, resolve_backend
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# --table's shapes: (preset, latent size, batch): the main job's step and S/2 at 256 tokens.
+TABLE_SHAPES = (("T/2", 16, 64), ("S/2", 32, 8))
 
 
 def configurations(device: torch.device, include_math: bool, variants: list[str]) -> list[tuple[str, str]]:
@@ -44,6 +54,8 @@ def configurations(device: torch.device, include_math: bool, variants: list[str]
     rows = [("vanilla", "sdpa")]
     if device.type == "cuda" and flex_available():
         rows.append(("vanilla", "flex"))
+    if include_math:
+        rows.append(("vanilla", "math"))
     for variant in variants:
         if variant != "vanilla":
             rows += [(variant, backend) for backend in backends]
@@ -120,6 +132,80 @@ def measure_memory(model: SDTDiT, batch, dtype: torch.dtype, device: torch.devic
     return max(counter.total - parameter_bytes, 0) / 2**20
 
 
+def block_settings(blocks: str) -> dict:
+    """SDTDiT arguments of the timed blocks: the built-in recipe's (ModelConfig) or DiT's."""
+    if blocks == "dit":
+        return {"rope": False, "mlp": "gelu", "norm": "layernorm", "qk_norm": False}
+    m = ModelConfig()
+    return {"rope": m.rope, "mlp": m.mlp, "norm": m.norm, "qk_norm": m.qk_norm}
+
+
+def benchmark(args: argparse.Namespace, preset: str, input_size: int, batch_size: int, dtype_name: str) -> None:
+    """Time every row of one shape and precision round-robin and print its table."""
+    device = torch.device(args.device)
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(0)
+    rows = configurations(device, args.math, args.variants)
+    models = {}
+    for variant, backend in rows:
+        model = SDTDiT.from_preset(
+            preset, attention=variant, attention_backend=backend, input_size=input_size, **block_settings(args.blocks)
+        )
+        models[variant, backend] = model.to(device).train()
+    runners = {row: torch.compile(model) if args.compile else model for row, model in models.items()}
+    out_channels = models[rows[0]].out_channels
+    batch = (
+        torch.randn(batch_size, 4, input_size, input_size, device=device),
+        torch.randint(0, 1000, (batch_size,), device=device),
+        torch.randint(0, 1000, (batch_size,), device=device),
+        torch.randn(batch_size, out_channels, input_size, input_size, device=device),
+    )
+    times: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
+    for round_index in range(args.repeats + 2):
+        for row in rows:
+            synchronize(device)
+            start = time.perf_counter()
+            training_step(runners[row], batch, dtype)
+            synchronize(device)
+            if round_index >= 2:
+                times[row].append(time.perf_counter() - start)
+    memory = {row: measure_memory(models[row], batch, dtype, device) for row in rows}
+    flops = step_flops(models[rows[0]], batch, dtype)
+
+    tokens = (input_size // models[rows[0]].config.patch_size) ** 2
+    auto = {
+        variant: resolve_backend("auto", variant, tokens, device, training=True, dtype=dtype) for variant, _ in rows
+    }
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    memory_kind = "peak MiB" if device.type == "cuda" else "saved-for-backward MiB"
+    base_time, base_memory = statistics.median(times[rows[0]]), memory[rows[0]]
+    print(
+        f"\n{preset}, {tokens} tokens, batch {batch_size}, {dtype_name}, {args.blocks} blocks{', compiled' if args.compile else ''}, "
+        f"{name}, torch {torch.__version__}, median of {args.repeats}"
+    )
+    print("auto picks: " + ", ".join(f"{variant} -> {backend}" for variant, backend in auto.items()))
+    print(f"vanilla step: {flops / 1e9:.1f} GFLOP (forward + backward); GFLOP/s and MFU below use it for every row")
+    header = (
+        f"| variant | backend | auto | step ms | x vanilla | images/s | GFLOP/s | MFU | {memory_kind} | x vanilla |"
+    )
+    print(header if args.markdown else header.replace("|", " "))
+    if args.markdown:
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        step = statistics.median(times[row])
+        achieved = flops / step / 1e9
+        mfu = f"{achieved / 1e3 / args.peak_tflops:.1%}" if args.peak_tflops else "-"
+        line = (
+            f"| {row[0]} | {row[1]} | {'auto' if auto[row[0]] == row[1] else ''} | {step * 1e3:.1f} | {step / base_time:.2f} | "
+            f"{batch_size / step:.1f} | {achieved:.1f} | {mfu} | {memory[row]:.0f} | {memory[row] / base_memory:.2f} |"
+        )
+        print(line if args.markdown else line.replace("|", " "))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="S/2")
@@ -141,66 +227,23 @@ def main() -> None:
     )
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak TFLOP/s in --dtype, to report MFU")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument(
+        "--blocks", default="recipe", choices=["recipe", "dit"], help="the built-in recipe's blocks or DiT's"
+    )
+    parser.add_argument(
+        "--table", action="store_true", help="every shape of TABLE_SHAPES in fp32 and bf16 (ignores the shape options)"
+    )
     args = parser.parse_args()
 
-    device = torch.device(args.device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    if device.type == "cuda":
+    if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(0)
-    rows = configurations(device, args.math, args.variants)
-    models = {}
-    for variant, backend in rows:
-        model = SDTDiT.from_preset(
-            args.preset, attention=variant, attention_backend=backend, input_size=args.input_size
-        )
-        models[variant, backend] = model.to(device).train()
-    runners = {row: torch.compile(model) if args.compile else model for row, model in models.items()}
-    out_channels = models[rows[0]].out_channels
-    batch = (
-        torch.randn(args.batch, 4, args.input_size, args.input_size, device=device),
-        torch.randint(0, 1000, (args.batch,), device=device),
-        torch.randint(0, 1000, (args.batch,), device=device),
-        torch.randn(args.batch, out_channels, args.input_size, args.input_size, device=device),
-    )
-    times: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
-    for round_index in range(args.repeats + 2):
-        for row in rows:
-            synchronize(device)
-            start = time.perf_counter()
-            training_step(runners[row], batch, dtype)
-            synchronize(device)
-            if round_index >= 2:
-                times[row].append(time.perf_counter() - start)
-    memory = {row: measure_memory(models[row], batch, dtype, device) for row in rows}
-    flops = step_flops(models[rows[0]], batch, dtype)
-
-    tokens = (args.input_size // models[rows[0]].config.patch_size) ** 2
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    )
-    memory_kind = "peak MiB" if device.type == "cuda" else "saved-for-backward MiB"
-    base_time, base_memory = statistics.median(times[rows[0]]), memory[rows[0]]
-    print(
-        f"\n{args.preset}, {tokens} tokens, batch {args.batch}, {args.dtype}{', compiled' if args.compile else ''}, {name}, torch {torch.__version__}, median of {args.repeats}"
-    )
-    print(f"vanilla step: {flops / 1e9:.1f} GFLOP (forward + backward); GFLOP/s and MFU below use it for every row")
-    header = f"| variant | backend | step ms | x vanilla | images/s | GFLOP/s | MFU | {memory_kind} | x vanilla |"
-    print(header if args.markdown else header.replace("|", " "))
-    if args.markdown:
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        step = statistics.median(times[row])
-        achieved = flops / step / 1e9
-        mfu = f"{achieved / 1e3 / args.peak_tflops:.1%}" if args.peak_tflops else "-"
-        line = (
-            f"| {row[0]} | {row[1]} | {step * 1e3:.1f} | {step / base_time:.2f} | {args.batch / step:.1f} | {achieved:.1f} | {mfu} | "
-            f"{memory[row]:.0f} | {memory[row] / base_memory:.2f} |"
-        )
-        print(line if args.markdown else line.replace("|", " "))
+    if args.table:
+        for preset, input_size, batch_size in TABLE_SHAPES:
+            for dtype_name in DTYPES:
+                benchmark(args, preset, input_size, batch_size, dtype_name)
+    else:
+        benchmark(args, args.preset, args.input_size, args.batch, args.dtype)
 
 
 if __name__ == "__main__":

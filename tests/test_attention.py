@@ -208,3 +208,25 @@ def test_bad_configuration_errors():
         SpatialDecayAttention(16, 2, backend="cuda")
     with pytest.raises(ValueError, match="not divisible"):
         SpatialDecayAttention(18, 4)
+
+
+def test_bf16_bias_is_built_in_bf16_within_a_few_roundings():
+    """Under bf16 the math and SDPA paths build M in bf16 (no float32 N x N tensor): each element
+    is within three bf16 roundings (rates, sum, product) of the exact bias, and attention through
+    it is as accurate as through the float32 bias rounded once."""
+    grid = (8, 8)
+    generator = torch.Generator().manual_seed(5)
+    lam = -2 * torch.rand(2, 4, 64, generator=generator)
+    bias = decay_bias(lam.bfloat16(), grid)
+    assert bias.dtype == torch.bfloat16
+    exact = decay_bias(lam.double(), grid)
+    assert ((bias.double() - exact).abs() <= 3 * 2.0**-8 * exact.abs() + 1e-12).all()
+
+    q, k, v = (torch.randn(2, 4, 64, 32, generator=generator) for _ in range(3))
+    reference = attention_math(q.double(), k.double(), v.double(), lam.double(), grid)
+    bf16 = [t.bfloat16() for t in (q, k, v)]
+    scores = (bf16[0] @ bf16[1].transpose(-2, -1)) / math.sqrt(32) + decay_bias(lam, grid).bfloat16()
+    old_error = (scores.softmax(-1) @ bf16[2]).double().sub(reference).abs().max().item()
+    for backend in (attention_math, attention_sdpa):
+        error = (backend(*bf16, lam, grid).double() - reference).abs().max().item()
+        assert error <= 1.5 * old_error and error < 0.05, backend.__name__

@@ -31,16 +31,17 @@ Grid = tuple[int, int]
 def attention_math(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid
 ) -> torch.Tensor:
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, N, N)
     if lam is not None:
-        scores = scores + decay_bias(lam, grid).to(scores.dtype)
+        # Built in the scores' dtype: under bf16 autocast no (B, H, N, N) float32 tensor or conversion.
+        scores = scores + decay_bias(lam.to(scores.dtype), grid)
     return scores.softmax(dim=-1) @ v
 
 
 def attention_sdpa(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid
 ) -> torch.Tensor:
-    mask = None if lam is None else decay_bias(lam, grid).to(q.dtype)
+    mask = None if lam is None else decay_bias(lam.to(q.dtype), grid)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

@@ -39,16 +39,19 @@ def grid_coordinates(height: int, width: int, device: torch.device) -> tuple[tor
 
 
 @functools.lru_cache(maxsize=32)
-def manhattan_distance(height: int, width: int, device: torch.device) -> torch.Tensor:
-    """(N, N) float32 matrix of |r_i - r_j| + |c_i - c_j| for a row-major token grid."""
+def manhattan_distance(
+    height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """(N, N) matrix of |r_i - r_j| + |c_i - c_j| for a row-major token grid (exact in any float dtype:
+    distances are small integers)."""
     rows, cols = grid_coordinates(height, width, device)
     with torch.inference_mode(False):
         distance = (rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()
-        return distance.float()
+        return distance.to(dtype)
 
 
 def decay_bias(lam: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Materialise the (B or 1, H, N, N) additive bias from log decay rates `lam` (.., H, N)."""
-    distance = manhattan_distance(grid[0], grid[1], lam.device)
+    """Materialise the (B or 1, H, N, N) additive bias from log decay rates `lam` (.., H, N), in lam's dtype."""
+    distance = manhattan_distance(grid[0], grid[1], lam.device, lam.dtype)
     # One broadcast add then one multiply: the cheapest way to build (lam_i + lam_j) * d / 2.
     return (lam.unsqueeze(-1) + lam.unsqueeze(-2)) * (0.5 * distance)
