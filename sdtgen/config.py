@@ -28,6 +28,8 @@ from sdtgen.models.backends import BACKENDS
 from sdtgen.models.dit import MLPS, NORMS, PRESETS
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")  # train.mixed_precision; "auto" is resolved in training/precision.py
+# train.ema_std: EDM2's power-function profiles (training/ema.py) reach at most this relative std (exponent 0).
+MAX_EMA_STD = math.sqrt(1 / 12)
 LR_SCHEDULES = ("constant", "cosine", "linear")  # train.lr_schedule; training/trainer.learning_rate has the formulas
 
 
@@ -81,6 +83,7 @@ class TrainConfig:
     tf32: bool = True
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)): for short runs
+    ema_std: float | None = None  # EDM2's power-function EMA of this length / run length; replaces the two above
     # Representation losses on the tokens after `representation_depth` blocks (training/representation.py).
     dispersive_weight: float = 0.0  # dispersive loss (no teacher); the paper uses 0.5
     dispersive_tau: float = 0.5
@@ -325,6 +328,8 @@ def validate(config: RunConfig) -> None:
         raise ValueError(f"train.lr must be positive, got {t.lr}.")
     if not 0 <= t.ema_decay < 1:
         raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}.")
+    if t.ema_std is not None and not 0 < t.ema_std < MAX_EMA_STD:
+        raise ValueError(f"train.ema_std must be in (0, {MAX_EMA_STD:.4f}) (EDM2 uses 0.05 to 0.15), got {t.ema_std}.")
     if not all(0 <= beta < 1 for beta in t.betas):
         raise ValueError(f"train.betas must both be in [0, 1), got {list(t.betas)}.")
     if not 0 <= config.model.class_dropout_prob < 1:

@@ -14,7 +14,7 @@ from sdtgen import SDTDiT
 from sdtgen.config import load_config
 from sdtgen.data.animals import ANIMAL_CLASSES
 from sdtgen.training import checkpoint as ckpt
-from sdtgen.training.ema import EMA
+from sdtgen.training.ema import EMA, power_exponent
 from sdtgen.training.randomness import EpochOrder, StepKeys, step_keys
 from sdtgen.training.trainer import learning_rate, train
 
@@ -228,6 +228,36 @@ def test_ema_update_and_warmup():
         and warm.decay_at(10**7) == 0.9999
     )
     assert EMA(model.to(torch.bfloat16)).model.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("std", [0.05, 0.1, 0.2])
+def test_power_exponent_has_the_stated_relative_std(std):
+    """Independent check: the std of the density (g + 1) t^g on [0, 1], integrated numerically."""
+    exponent = power_exponent(std)
+    t = torch.linspace(0, 1, 200_001, dtype=torch.float64)
+    density = (exponent + 1) * t**exponent
+    mean = torch.trapezoid(t * density, t)
+    variance = torch.trapezoid((t - mean) ** 2 * density, t)
+    assert variance.sqrt().item() == pytest.approx(std, rel=1e-4)
+    assert power_exponent(0.1) == pytest.approx(6.9372, abs=1e-4)  # pinned (EDM2 tabulates 6.94)
+
+
+def test_power_ema_weighs_step_s_by_the_discrete_power_profile():
+    """After T updates the average is sum_s w_s (s^(g+1) - (s-1)^(g+1)) / T^(g+1), s = 1..T."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, std=0.1)
+    exponent, steps = ema.exponent, 50
+    values = torch.randn(steps, dtype=torch.float64)
+    for step, value in enumerate(values):
+        model.weight.data.fill_(float(value))
+        ema.update(model, step)
+    s = torch.arange(1, steps + 1, dtype=torch.float64)
+    weights = (s ** (exponent + 1) - (s - 1) ** (exponent + 1)) / steps ** (exponent + 1)
+    assert ema.model.weight.item() == pytest.approx((weights * values).sum().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="relative std"):
+        EMA(model, std=0.3)
+    with pytest.raises(ValueError, match="train.ema_std must be in"):
+        load_config(None, ["train.ema_std=0.5"])
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])

@@ -190,7 +190,7 @@ class Trainer:
         if hasattr(self.objective, "to"):
             self.objective.to(self.device)
         model.to(self.device)
-        self.ema = EMA(model, t.ema_decay, t.ema_warmup)
+        self.ema = EMA(model, t.ema_decay, t.ema_warmup, t.ema_std)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         self.start_step, scaler_state = 0, None
