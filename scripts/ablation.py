@@ -156,6 +156,7 @@ def load_trained(run: Path):
 
 def eval_spread(run: Path, sampling_seeds: list[int], args: argparse.Namespace) -> list[dict]:
     """The same model scored as in training, once per sampling seed: the evaluation's own noise."""
+    from sdtgen.diffusion.sampling import Guidance
     from sdtgen.evaluation.evaluate import score_model
 
     model, vae, config = load_trained(run)
@@ -169,7 +170,7 @@ def eval_spread(run: Path, sampling_seeds: list[int], args: argparse.Namespace) 
             seed=seed,
             sampler=config.sample.sampler,
             steps=args.eval_steps,
-            cfg=config.sample.cfg,
+            guidance=Guidance(config.sample.cfg, interval=tuple(config.sample.cfg_interval)),
         )
         rows.append({"sampling_seed": seed, "fid": result["fid"], "class_accuracy": result["class_accuracy"]})
     return rows

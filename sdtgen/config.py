@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from sdtgen.diffusion.sampling import DEFAULT_GUIDANCE, SAMPLERS
+from sdtgen.diffusion.sampling import SAMPLERS
 from sdtgen.models.attention import ATTENTION_VARIANTS
 from sdtgen.models.backends import BACKENDS
 from sdtgen.models.dit import MLPS, NORMS, PRESETS
@@ -67,11 +67,11 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    # The built-in recipe (docs/recipe.md, the ladder): 4,800 steps of 32 with a cosine decay,
+    # The built-in recipe (docs/recipe.md, the ladder): 9,600 steps of 16 with a cosine decay,
     # AdamW betas (0.9, 0.95), SwiGLU, RMSNorm, RoPE and the velocity-direction loss. The run
-    # is step-limited: at equal images, batch 32 beats batch 64 by ten FID.
-    max_steps: int = 4800
-    global_batch_size: int = 32  # per optimizer step, summed over processes and accumulation
+    # is step-limited: at equal images, batch 32 beats batch 64 by ten FID and 16 beats 32 by five.
+    max_steps: int = 9600
+    global_batch_size: int = 16  # per optimizer step, summed over processes and accumulation
     micro_batch_size: int | None = None  # per process per forward; None = the whole share
     lr: float = 1e-3  # DiT uses 1e-4 for 400K steps; the short built-in run needs more
     weight_decay: float = 0.0
@@ -107,7 +107,10 @@ class TrainConfig:
 class SampleConfig:
     sampler: str | None = None  # None: the objective's default
     steps: int | None = None
-    cfg: float = DEFAULT_GUIDANCE
+    # Guidance 3 at noise levels up to 0.8, off at the noisiest steps (Kynkaanniemi et al., 2024):
+    # better FID and class accuracy on the built-in run than 2 everywhere (docs/recipe.md).
+    cfg: float = 3.0
+    cfg_interval: tuple[float, float] = (0.0, 0.8)  # noise levels (timestep / 1000, 1 = pure noise) guided
     per_class: int = 8
     classes: list[int] | None = None  # which classes the grids show; None = all
 
@@ -330,6 +333,11 @@ def validate(config: RunConfig) -> None:
         raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}.")
     if t.ema_std is not None and not 0 < t.ema_std < MAX_EMA_STD:
         raise ValueError(f"train.ema_std must be in (0, {MAX_EMA_STD:.4f}) (EDM2 uses 0.05 to 0.15), got {t.ema_std}.")
+    low, high = config.sample.cfg_interval
+    if not 0 <= low <= high <= 1:
+        raise ValueError(
+            f"sample.cfg_interval needs 0 <= LOW <= HIGH <= 1 (noise levels, 1 = pure noise), got [{low}, {high}]."
+        )
     if not all(0 <= beta < 1 for beta in t.betas):
         raise ValueError(f"train.betas must both be in [0, 1), got {list(t.betas)}.")
     if not 0 <= config.model.class_dropout_prob < 1:

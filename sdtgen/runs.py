@@ -38,7 +38,7 @@ import yaml
 
 from sdtgen.class_names import display_names, id2label_names
 from sdtgen.config import RunConfig
-from sdtgen.diffusion.sampling import default_guidance, make_scheduler, objective_of
+from sdtgen.diffusion.sampling import Guidance, default_guidance, make_scheduler, objective_of
 
 if TYPE_CHECKING:
     from sdtgen.pipeline import SDTPipeline
@@ -144,6 +144,17 @@ class Source:
     def sample_defaults(self) -> dict[str, Any]:
         """The run's `sample:` settings (sampler, steps, cfg, classes) that commands default to; {} outside a run."""
         return (self.run_config or {}).get("sample") or {}
+
+    def guidance(
+        self,
+        scale: float | None = None,
+        channels: int | None = None,
+        interval: tuple[float, float] | list[float] | None = None,
+    ) -> Guidance:
+        """A command's guidance: each setting it was given, else the run's `sample:` one, else the library's."""
+        if interval is None:
+            interval = self.sample_defaults.get("cfg_interval") or (0.0, 1.0)
+        return Guidance(self.guidance_scale(scale), channels, tuple(interval))
 
     def guidance_scale(self, requested: float | None = None) -> float:
         """`requested`, else the run's sample.cfg, else `default_guidance` of the model."""

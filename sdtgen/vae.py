@@ -84,9 +84,15 @@ class LatentVAE(torch.nn.Module):
             self.downsample_factor = 2 ** (len(autoencoder.config.block_out_channels) - 1)
 
     @torch.no_grad()
-    def encode_moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance (unscaled), each (B, latent_channels, H/f, W/f)."""
-        self._check_images(images)
+    def encode_moments(self, images: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance (unscaled), each (B, latent_channels, H/f, W/f).
+
+        `check=False` skips the dtype and range check: for sdtgen's own data pipeline, which
+        scales its images itself, and where a batch of bright images (nothing below 0) would
+        pass for [0, 1] images and a device would wait for the check every step.
+        """
+        if check:
+            self._check_images(images)
         if self.autoencoder is None:
             return images.clone(), torch.full_like(images, LOGVAR_RANGE[0])
         posterior = self.autoencoder.encode(images.to(self.autoencoder.dtype)).latent_dist

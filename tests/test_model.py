@@ -131,16 +131,16 @@ def test_auto_backend_choice():
     )
     assert resolve_backend("auto", "sdt-decomposed", 4096, cpu) == "sdpa"
     assert resolve_backend("auto", "sdt", 256, cuda) == "flex"
-    # Training in bf16 on a CPU: the math path for sdt up to 256 tokens; sampling keeps SDPA.
+    # Training in bf16 on a CPU: the math path for every variant up to 256 tokens; sampling keeps SDPA.
     bf16 = torch.bfloat16
-    assert (
-        resolve_backend("auto", "sdt", 64, cpu, dtype=bf16)
-        == resolve_backend("auto", "sdt", 256, cpu, dtype=bf16)
-        == "math"
-    )
+    assert {
+        resolve_backend("auto", variant, tokens, cpu, dtype=bf16)
+        for variant in ATTENTION_VARIANTS
+        for tokens in (64, 256)
+    } == {"math"}
     assert resolve_backend("auto", "sdt", 1024, cpu, dtype=bf16) == "folded"
+    assert resolve_backend("auto", "vanilla", 1024, cpu, dtype=bf16) == "sdpa"
     assert resolve_backend("auto", "sdt", 64, cpu, training=False, dtype=bf16) == "sdpa"
-    assert resolve_backend("auto", "vanilla", 64, cpu, dtype=bf16) == "sdpa"
     assert resolve_backend("auto", "sdt", 64, cuda, dtype=bf16) == "flex"
     assert resolve_backend("math", "sdt", 256, cuda) == "math"
 

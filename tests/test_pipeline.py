@@ -117,8 +117,10 @@ def test_export_refuses_to_write_into_another_folder(run, tmp_path, capsys):
 
 
 def test_default_guidance_is_defined_once(run):
-    """The pipeline, Guidance and the training config share DEFAULT_GUIDANCE; a model without a null class is unguided."""
-    assert Guidance().scale == SampleConfig().cfg == DEFAULT_GUIDANCE
+    """The pipeline and Guidance share DEFAULT_GUIDANCE (a run's own sample.cfg, the built-in recipe's 3 at noise
+    levels up to 0.8, is what commands on a run use); a model without a null class is unguided."""
+    assert Guidance() == Guidance(DEFAULT_GUIDANCE, None, (0.0, 1.0))
+    assert (SampleConfig().cfg, SampleConfig().cfg_interval) == (3.0, (0.0, 0.8))
     pipe = load_pipeline(find_source(run))
     kwargs = dict(class_labels=[1, 2], num_inference_steps=2, output_type="pt")
     default = pipe(generator=generators(2), **kwargs).images

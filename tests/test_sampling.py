@@ -20,6 +20,7 @@ from sdtgen.cli.sample import SamplePlan
 from sdtgen.config import load_config
 from sdtgen.diffusion.flow_dpm_solver import FlowMatchDPMSolverMultistepScheduler
 from sdtgen.diffusion.sampling import (
+    DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     SAMPLERS,
     Guidance,
@@ -71,8 +72,18 @@ def test_outputs_are_named_by_class_and_index(ddpm_run, tmp_path):
     ]
     settings = json.loads(files["settings.json"])
     # The run's sample config.
-    assert settings["steps"] == 3 and settings["cfg"] == 2.0 and settings["scheduler"] == "DDIMScheduler"
+    assert settings["steps"] == 3 and settings["cfg"] == 3.0 and settings["scheduler"] == "DDIMScheduler"
+    assert settings["cfg_interval"] == [0.0, 0.8]  # the run's sample.cfg_interval
     assert settings["classes"] == [4, 1] and settings["vae"] == "builtin"
+
+
+def test_guidance_flags_else_the_run_settings_else_the_library_defaults(ddpm_run, tmp_path):
+    source = find_source(str(ddpm_run))
+    assert source.guidance() == Guidance(3.0, None, (0.0, 0.8))  # the run's sample: config
+    assert source.guidance(1.5, 3, [0.2, 0.6]) == Guidance(1.5, 3, (0.2, 0.6))  # every flag given wins
+    bare = tmp_path / "model"
+    random_model().save_pretrained(bare)  # a model folder has no run settings
+    assert find_source(str(bare)).guidance() == Guidance(DEFAULT_GUIDANCE, None, (0.0, 1.0))
 
 
 def assert_same_outputs(a: dict[str, bytes], b: dict[str, bytes]) -> None:
@@ -100,6 +111,7 @@ def test_sample_i_depends_only_on_seed_and_i(ddpm_run):
     """Disjoint index ranges (as processes take them) give the images of the whole request."""
     args = build_parser().parse_args(
         ["sample", "--ckpt", str(ddpm_run), "--num", "3", "--class", "2", "--class", "5", "--seed", "7"]
+        + ["--cfg", "2", "--cfg-interval", "0", "1"]  # the pipeline call below guides every step
     )
     plan = SamplePlan.from_args(args, find_source(ddpm_run))
     pipe = load_pipeline(plan.source, sampler="ddpm")

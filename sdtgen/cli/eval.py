@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdtgen.cli.options import DTYPES, SHOWN_DEFAULT_GUIDANCE, asking_for_flags, check_seed, out_folder, torch_dtype
+from sdtgen.cli.options import (
+    DTYPES,
+    SHOWN_DEFAULT_GUIDANCE,
+    add_cfg_interval,
+    asking_for_flags,
+    check_seed,
+    out_folder,
+    torch_dtype,
+)
 
 EPILOG = """\
 references (--ref):
@@ -56,6 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--cfg", type=float, help=f"guidance scale (default: the run's sample.cfg, else {SHOWN_DEFAULT_GUIDANCE:g})"
     )
     parser.add_argument("--cfg-channels", type=int, help="guide only the first N latent channels (default: all)")
+    add_cfg_interval(parser)
     parser.add_argument("--sampler", help="sampler (default: the run's, else the objective's default)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's, else the sampler's default)")
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed * 1000003 + i (default: 0)")
@@ -116,7 +125,6 @@ def _sample_checkpoint(args: argparse.Namespace):
     """(images, labels, settings) of --num-samples samples of --ckpt, as evaluate.sample_eval_set, with the
     model's provenance added; the run's `sample:` config gives the defaults of --sampler, --steps and --cfg."""
     from sdtgen.data.latents import file_sha256
-    from sdtgen.diffusion.sampling import Guidance
     from sdtgen.distributed import process_state
     from sdtgen.evaluation.evaluate import sample_eval_set
     from sdtgen.runs import find_source, load_pipeline
@@ -127,14 +135,13 @@ def _sample_checkpoint(args: argparse.Namespace):
         source, vae=args.vae, sampler=args.sampler or run_sample.get("sampler"), dtype=torch_dtype(args.dtype)
     )
     pipe.to(process_state().device).set_progress_bar_config(disable=True)
-    cfg = source.guidance_scale(args.cfg)
     images, labels, settings = sample_eval_set(
         pipe,
         args.num_samples,
         labels_mode=args.labels,
         seed=args.seed,
         steps=args.steps if args.steps is not None else run_sample.get("steps"),
-        guidance=Guidance(cfg, args.cfg_channels),
+        guidance=source.guidance(args.cfg, args.cfg_channels, args.cfg_interval),
         batch_size=args.batch_size,
     )
     weights = next(source.model_dir.glob("*.safetensors"), None)

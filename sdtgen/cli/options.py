@@ -19,6 +19,18 @@ SHOWN_DEFAULT_GUIDANCE = 2.0
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype: the torch dtype of each name
 
 
+def add_cfg_interval(parser: argparse.ArgumentParser) -> None:
+    """--cfg-interval, shared by sample and eval; absent, the run's sample.cfg_interval, else every step."""
+    parser.add_argument(
+        "--cfg-interval",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="noise levels (timestep / 1000, 1 = pure noise) where guidance applies "
+        "(default: the run's sample.cfg_interval, else 0 1)",
+    )
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options saying which model to load and how to sample it (shared by sample and export)."""
     parser.add_argument("--ckpt", metavar="DIR", help="a run, checkpoint, model or pipeline folder (see below)")

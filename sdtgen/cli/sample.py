@@ -22,6 +22,7 @@ from sdtgen.cli.options import (
     DTYPES,
     SAMPLERS,
     SHOWN_DEFAULT_GUIDANCE,
+    add_cfg_interval,
     add_model_arguments,
     asking_for_flags,
     check_seed,
@@ -32,6 +33,7 @@ from sdtgen.cli.options import (
 if TYPE_CHECKING:
     import torch
 
+    from sdtgen.diffusion.sampling import Guidance
     from sdtgen.runs import Source
 
 # Classes sampled when --class is absent and the run names none: all of them, if this few.
@@ -89,14 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="guide only the first N latent channels (default: all; 3 = DiT's original)",
     )
-    parser.add_argument(
-        "--cfg-interval",
-        type=float,
-        nargs=2,
-        default=(0.0, 1.0),
-        metavar=("LOW", "HIGH"),
-        help="noise levels where guidance applies (default: 0 1)",
-    )
+    add_cfg_interval(parser)
     parser.add_argument("--steps", type=int, metavar="N", help="sampling steps")
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed * 1000003 + i (default: 0)")
     parser.add_argument(
@@ -153,19 +148,19 @@ class SamplePlan:
         args: argparse.Namespace,
         source: Source,
         classes: list[int],
-        cfg: float,
+        guidance: Guidance,
         steps: int | None,
         sampler: str | None,
     ) -> None:
         self.args, self.source, self.classes = args, source, classes
-        self.cfg, self.steps, self.sampler = cfg, steps, sampler
+        self.guidance, self.steps, self.sampler = guidance, steps, sampler
         self.total = len(classes) * args.num
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, source: Source) -> SamplePlan:
         """Check everything that can be checked before any weights load; ValueError on bad input."""
         from sdtgen.class_names import resolve_class
-        from sdtgen.diffusion.sampling import Guidance, check_steps
+        from sdtgen.diffusion.sampling import check_steps
 
         for name, value in (("--num", args.num), ("--batch-size", args.batch_size)):
             if value < 1:
@@ -176,8 +171,8 @@ class SamplePlan:
         steps = args.steps if args.steps is not None else run_sample_config.get("steps")
         if steps is not None:
             check_steps(steps)
-        cfg = source.guidance_scale(args.cfg)
-        Guidance(cfg, args.cfg_channels, tuple(args.cfg_interval)).check(source.model_config)
+        guidance = source.guidance(args.cfg, args.cfg_channels, args.cfg_interval)
+        guidance.check(source.model_config)
         specs = args.classes or run_sample_config.get("classes")
         if specs is None:
             if source.num_classes > MAX_DEFAULT_CLASSES:
@@ -191,7 +186,7 @@ class SamplePlan:
         except ValueError as error:
             raise ValueError(f"--class: {error} `sdtgen sample --list-classes` lists them.") from None
         check_seed(args.seed, len(classes) * args.num)
-        return cls(args, source, classes, cfg, steps, args.sampler or run_sample_config.get("sampler"))
+        return cls(args, source, classes, guidance, steps, args.sampler or run_sample_config.get("sampler"))
 
     def label(self, index: int) -> int:
         return self.classes[index // self.args.num]
@@ -230,7 +225,6 @@ class SamplePlan:
 
     def sample(self, pipe, indices: Sequence[int], out: Path | None, progress: bool = False) -> torch.Tensor:
         """Images (len(indices), C, H, W) in [0, 1] of the given samples, each also saved as a PNG in `out`."""
-        from sdtgen.diffusion.sampling import Guidance
         from sdtgen.generation import generate
 
         def save(chunk: list[int], images: torch.Tensor) -> None:
@@ -245,7 +239,7 @@ class SamplePlan:
             seed=args.seed,
             batch_size=args.batch_size,
             steps=self.steps,
-            guidance=Guidance(self.cfg, args.cfg_channels, tuple(args.cfg_interval)),
+            guidance=self.guidance,
             output_type="pt",
             progress="sampling" if progress else None,
             on_batch=save if out is not None else None,
@@ -268,9 +262,9 @@ class SamplePlan:
             "objective": pipe.objective,
             "scheduler": type(pipe.scheduler).__name__,
             "steps": self.steps,
-            "cfg": self.cfg,
+            "cfg": self.guidance.scale,
             "cfg_channels": args.cfg_channels,
-            "cfg_interval": list(args.cfg_interval),
+            "cfg_interval": list(self.guidance.interval),
             "vae": args.vae
             or self.source.vae_spec()
             or (str(self.source.path / "vae") if pipe.vae is not None else "identity"),

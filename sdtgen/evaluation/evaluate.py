@@ -131,16 +131,17 @@ def score_model(
     seed: int,
     sampler: str | None = None,
     steps: int | None = None,
-    cfg: float | None = None,
+    guidance: Guidance | None = None,
     batch_size: int = SAMPLING_BATCH_SIZE,
 ) -> dict[str, Any]:
     """FID and class accuracy (overall, per class) of an in-memory model on the built-in set, as evaluations during
-    training print them; IS, KID and precision/recall are None (`sdtgen eval` gives them). `cfg` None: `default_guidance`.
+    training print them; IS, KID and precision/recall are None (`sdtgen eval` gives them). `guidance` None: the
+    model's `default_guidance` everywhere.
     """
     labels = sample_labels(num_samples, model.config.num_classes, "balanced", seed)
     model.eval()
     pipe = SDTPipeline.from_model(model, vae, objective=objective, sampler=sampler)
-    guidance = Guidance(default_guidance(model.config) if cfg is None else cfg)
+    guidance = guidance or Guidance(default_guidance(model.config))
     images = generate(
         pipe, labels, range(num_samples), seed=seed, batch_size=batch_size, steps=steps, guidance=guidance
     )

@@ -123,10 +123,9 @@ _BACKEND_FUNCTIONS = {
 # gradient (fixed) stays on SDPA's fused kernel and always wins (1.00 vs 1.26 at 1024), as
 # does sdt-decomposed, whose lines of <= 32 tokens make small masks (0.79 vs 1.02 at 1024).
 _CPU_FOLDED_FROM_TOKENS = {"learned-fixed": 256, "sdt": 1024}
-# In bf16 on CPU (AVX512-BF16 / AMX), SDPA's float-mask path converts dtypes around an
-# unfused kernel; the plain matmul-softmax-matmul is the fastest sdt training path measured,
-# at 64 and 256 tokens (docs/benchmarks.md, "auto on CPU in bf16").
-_CPU_BF16_MATH_UP_TO_TOKENS = {"sdt": 256}
+# Training in bf16 on CPU, the plain matmul-softmax-matmul beats SDPA's CPU kernels for every
+# variant, plain attention included, up to 256 tokens (docs/benchmarks.md, "What auto picks").
+_CPU_BF16_MATH_UP_TO_TOKENS = 256
 
 
 def resolve_backend(
@@ -143,9 +142,9 @@ def resolve_backend(
     With a bias on GPU, compiled FlexAttention (no N x N tensor; to be measured against
     `folded`, see benchmarks/gpu_run.sh). On CPU FlexAttention cannot train; SDPA with a
     float mask or the folded backend, whichever measured faster for the variant and size
-    (without gradients, `training=False`, the mask stays on the fused kernel: SDPA); training
-    in bf16 (`dtype`, the attention inputs' dtype under autocast), the math path where it
-    measured fastest. A fixed rule of the machine and the call, never a timing.
+    (without gradients, `training=False`, the mask stays on the fused kernel: SDPA). Training
+    in bf16 on CPU (`dtype`, the attention inputs' dtype under autocast), the math path up to
+    256 tokens for every variant, vanilla too. A fixed rule of the machine and the call, never a timing.
     """
     if requested not in BACKENDS:
         raise ValueError(f"Unknown attention backend {requested!r}; choose one of {', '.join(BACKENDS)}.")
@@ -153,13 +152,12 @@ def resolve_backend(
         if requested == "flex" and not flex_available():
             raise RuntimeError("attention_backend='flex' needs torch >= 2.5 (FlexAttention); use 'sdpa'.")
         return requested
+    if device.type == "cpu" and training and dtype == torch.bfloat16 and tokens <= _CPU_BF16_MATH_UP_TO_TOKENS:
+        return "math"
     if variant == "vanilla":
         return "sdpa"
     if device.type == "cuda" and flex_available():
         return "flex"
-    if device.type == "cpu" and training and dtype == torch.bfloat16:
-        if tokens <= _CPU_BF16_MATH_UP_TO_TOKENS.get(variant, 0):
-            return "math"
     if device.type == "cpu" and training and tokens >= _CPU_FOLDED_FROM_TOKENS.get(variant, float("inf")):
         return "folded"
     return "sdpa"

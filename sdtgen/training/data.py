@@ -85,7 +85,7 @@ class TrainingData:
             mean, logvar, labels = batch
             return mean.to(device), logvar.to(device), labels.to(device)
         images, labels = batch
-        mean, logvar = vae.encode_moments(images.to(device))
+        mean, logvar = vae.encode_moments(images.to(device), check=False)  # the loader scaled them
         return mean.float(), logvar.float(), labels.to(device)
 
 

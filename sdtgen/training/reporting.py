@@ -23,7 +23,7 @@ def save_sample_grid(
     objective: str,
     sampler: str | None,
     steps: int | None,
-    cfg: float,
+    guidance: Guidance,
     per_class: int,
     seed: int,
     classes: list[int] | None = None,
@@ -38,7 +38,7 @@ def save_sample_grid(
     model.eval()
     pipe = SDTPipeline.from_model(model, vae, objective=objective, sampler=sampler)
     images = generate(
-        pipe, labels, range(len(labels)), seed=seed, batch_size=len(labels), steps=steps, guidance=Guidance(cfg)
+        pipe, labels, range(len(labels)), seed=seed, batch_size=len(labels), steps=steps, guidance=guidance
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     grid_image(images, rows=len(classes), row_labels=[class_names[c] for c in classes]).save(path)
