@@ -260,14 +260,22 @@ SAME_AS: dict[str, tuple[tuple[str, str], ...]] = {
 # The measurement docs/sampling.md reports: minutes a point on the recipe's run; the planned 20-sample run covers the code.
 CURVE_ON_THE_BUILT_IN_MODEL = "the sampler curve of the built-in model (RUN: the recipe sweep's run), minutes a point"
 NOT_RUN = {
+    "python benchmarks/bench_model.py --table --math --repeats 5 --markdown": "times four tables of every variant "
+    "and backend, minutes here; the planned bench_model run covers the timing code and test_model the auto column",
+    "python benchmarks/bench_model.py --preset S/2 --input-size 32 --batch 8 --dtype bf16 --variants vanilla sdt --math "
+    "--repeats 5 --markdown": "S/2 training steps, minutes here; the planned bench_model run covers the code",
+    "sdtgen eval --ckpt runs/ladder-curves/final-2400-s0 --cfg 3 --cfg-interval 0 0.8": "needs the ladder's run of the "
+    "main job's length (about 15 minutes here); evaluation.md's planned evals cover the command and test_sampling "
+    "the interval",
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers dpm++ --nfe 4 8 12 25": CURVE_ON_THE_BUILT_IN_MODEL,
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part guidance --guidance-sampler dpm++ --guidance-steps 12 --guidance-scales 1 1.5 2 3 4": CURVE_ON_THE_BUILT_IN_MODEL,
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers euler heun --nfe 8 25": CURVE_ON_THE_BUILT_IN_MODEL,
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers heun --nfe 49": CURVE_ON_THE_BUILT_IN_MODEL,
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --nfe 4 7 8 12 25 49 --guidance-sampler dpm++ --guidance-steps 12 --guidance-scales 1 1.5 2 3 4 --report-only": CURVE_ON_THE_BUILT_IN_MODEL,
-    "python scripts/sweep_recipe.py --rows base final --steps 2400 --seeds 0 --eval-every 600 --out runs/ladder-curves "
-    "--results docs/recipe_curves.json --plot base final": "two runs of the main job's length with four evaluations "
-    "each, about 30 minutes on a bf16 CPU; the planned ladder run covers the code but --plot, which test_recipe_page runs",
+    "python scripts/sweep_recipe.py --rows +batch32 final --steps 2400 --seeds 0 --eval-every 600 --out runs/ladder-curves "
+    "--results docs/recipe_curves.json --plot base +batch32 final": "two runs of the main job's length with four "
+    "evaluations each, about 35 minutes on a bf16 CPU; the planned ladder run covers the code but --plot, which "
+    "test_recipe_page runs",
     "python scripts/ablation.py --grids 256 --cost-only": "times five T/1 models' training steps, about 2 minutes here; "
     "the planned run times the T/2 steps with the same code",
     "python scripts/ablation.py --grids 256": "the 256-token study, about 7.5 hours here (docs/ablation.md)",
