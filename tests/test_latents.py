@@ -142,7 +142,7 @@ def test_resume_recomputes_only_the_missing_shard(cache_copy, subset, vae, monke
     (cache_copy / "shard-00001.safetensors").unlink()
     calls = []
     encode = vae.encode_moments
-    monkeypatch.setattr(vae, "encode_moments", lambda images: calls.append(len(images)) or encode(images))
+    monkeypatch.setattr(vae, "encode_moments", lambda images, **kw: calls.append(len(images)) or encode(images, **kw))
     extract(subset, vae, cache_copy)
     assert calls == [20, 20, 8]  # shard 1 only: 24 images in batches of 10, each with its flip
     assert {name: (cache_copy / name).stat().st_mtime_ns for name in kept} == kept
