@@ -440,7 +440,8 @@ def test_training_opens_a_complete_cache_by_its_manifest_alone(tmp_path, monkeyp
     with pytest.raises(CacheMismatchError, match=r"another VAE.*vae\.type: \"identity\" -> \"autoencoder_kl\""):
         train_tiny(tmp_path / "other-vae", *with_moved, f"data.vae={other_vae}")
     with pytest.raises(CacheMismatchError, match=r"extracted from \S+moved, but data\.dataset=\S+elsewhere"):
-        train_tiny(tmp_path / "elsewhere", f"data.dataset={tmp_path / 'elsewhere'}", f"data.latent_cache={cache_dir}")
+        # The run folder is not the missing dataset folder: the run lock creates its folder before the data opens.
+        train_tiny(tmp_path / "run", f"data.dataset={tmp_path / 'elsewhere'}", f"data.latent_cache={cache_dir}")
 
 
 # --------------------------------------------------------------------------- processes

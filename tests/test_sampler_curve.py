@@ -14,7 +14,10 @@ import pytest
 import torch
 
 from sdtgen.diffusion.sampling import DEFAULT_SAMPLER, SAMPLERS, Guidance, denoise, make_scheduler
-from sdtgen.evaluation import metrics
+from sdtgen.evaluation import (
+    evaluate,  # noqa: F401  first: it binds the real compute_metrics, never a patch
+    metrics,
+)
 from sdtgen.models.dit import SDTDiT
 from tiny_runs import REPO, random_model, write_run
 
@@ -76,7 +79,13 @@ def test_nfe_is_what_denoise_evaluates(objective, model_calls):
 
 def test_points_shared_between_parts_resume_and_outputs(tmp_path, monkeypatch, model_calls):
     curve = load_script()
-    run = write_run(tmp_path / "run", random_model("flow", input_size=16), objective="flow")  # sample.steps=3
+    # sample.steps=3; guidance 2 at every step, so the guidance part's scale 2 is a point of the nfe part
+    run = write_run(
+        tmp_path / "run",
+        random_model("flow", input_size=16),
+        objective="flow",
+        overrides=("sample.cfg=2", "sample.cfg_interval=[0,1]"),
+    )
     out = tmp_path / "curve"
     argv = ["--ckpt", str(run), "--num-samples", "20", "--batch-size", "20", "--guidance-scales", "1", "2"]
     argv += ["--out", str(out)]
