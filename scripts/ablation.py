@@ -156,7 +156,6 @@ def load_trained(run: Path):
 
 def eval_spread(run: Path, sampling_seeds: list[int], args: argparse.Namespace) -> list[dict]:
     """The same model scored as in training, once per sampling seed: the evaluation's own noise."""
-    from sdtgen.diffusion.sampling import Guidance
     from sdtgen.evaluation.evaluate import score_model
 
     model, vae, config = load_trained(run)
@@ -170,7 +169,7 @@ def eval_spread(run: Path, sampling_seeds: list[int], args: argparse.Namespace) 
             seed=seed,
             sampler=config.sample.sampler,
             steps=args.eval_steps,
-            guidance=Guidance(config.sample.cfg, interval=tuple(config.sample.cfg_interval)),
+            guidance=config.sample.guidance(),
         )
         rows.append({"sampling_seed": seed, "fid": result["fid"], "class_accuracy": result["class_accuracy"]})
     return rows

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from sdtgen.diffusion.sampling import SAMPLERS
+from sdtgen.diffusion.sampling import SAMPLERS, Guidance
 from sdtgen.models.attention import ATTENTION_VARIANTS
 from sdtgen.models.backends import BACKENDS
 from sdtgen.models.dit import MLPS, NORMS, PRESETS
@@ -113,6 +113,10 @@ class SampleConfig:
     cfg_interval: tuple[float, float] = (0.0, 0.8)  # noise levels (timestep / 1000, 1 = pure noise) guided
     per_class: int = 8
     classes: list[int] | None = None  # which classes the grids show; None = all
+
+    def guidance(self) -> Guidance:
+        """The run's own guidance: scale `cfg` at the noise levels of `cfg_interval`, every channel."""
+        return Guidance(self.cfg, interval=tuple(self.cfg_interval))
 
 
 @dataclass

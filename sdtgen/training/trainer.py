@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from sdtgen.config import RunConfig, config_to_dict, save_config
 from sdtgen.diffusion import make_objective
-from sdtgen.diffusion.sampling import Guidance
 from sdtgen.distributed import process_state
 from sdtgen.models.dit import SDTDiT
 from sdtgen.runs import (
@@ -445,7 +444,7 @@ class Trainer:
                 seed=self.config.seed,
                 sampler=s.sampler,
                 steps=self.config.train.eval_steps or s.steps,
-                guidance=Guidance(s.cfg, interval=tuple(s.cfg_interval)),
+                guidance=s.guidance(),
             )
             metrics = {
                 "eval_fid": round(result["fid"], 4),
@@ -478,7 +477,7 @@ class Trainer:
                 objective=self.config.objective,
                 sampler=s.sampler,
                 steps=s.steps,
-                guidance=Guidance(s.cfg, interval=tuple(s.cfg_interval)),
+                guidance=s.guidance(),
                 per_class=s.per_class,
                 seed=self.config.seed,
                 classes=s.classes,
