@@ -32,6 +32,7 @@ import argparse
 import platform
 import statistics
 import time
+from typing import TypeVar
 
 import torch
 
@@ -43,6 +44,7 @@ from sdtgen.models.backends import flex_available, resolve_backend
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # --table's shapes: (preset, latent size, batch): the main job's step and S/2 at 256 tokens.
 TABLE_SHAPES = (("T/2", 16, 64), ("S/2", 32, 8))
+K = TypeVar("K")  # what names a timed model, e.g. (variant, backend)
 
 
 def configurations(device: torch.device, include_math: bool, variants: list[str]) -> list[tuple[str, str]]:
@@ -114,6 +116,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def time_training_steps(
+    models: dict[K, torch.nn.Module],
+    batch: tuple[torch.Tensor, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    repeats: int,
+) -> dict[K, list[float]]:
+    """Seconds of each model's training step on `batch`, `repeats` per model after two warm-up rounds.
+
+    Round-robin, one step of each model per round, so drifts in machine load hit all of them alike.
+    """
+    times: dict[K, list[float]] = {key: [] for key in models}
+    for round_index in range(repeats + 2):
+        for key, model in models.items():
+            synchronize(device)
+            start = time.perf_counter()
+            training_step(model, batch, dtype)
+            synchronize(device)
+            if round_index >= 2:
+                times[key].append(time.perf_counter() - start)
+    return times
+
+
 def measure_memory(model: SDTDiT, batch, dtype: torch.dtype, device: torch.device) -> float:
     """MiB: peak allocated on CUDA, saved-for-backward bytes on CPU."""
     if device.type == "cuda":
@@ -160,15 +185,7 @@ def benchmark(args: argparse.Namespace, preset: str, input_size: int, batch_size
         torch.randint(0, 1000, (batch_size,), device=device),
         torch.randn(batch_size, out_channels, input_size, input_size, device=device),
     )
-    times: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
-    for round_index in range(args.repeats + 2):
-        for row in rows:
-            synchronize(device)
-            start = time.perf_counter()
-            training_step(runners[row], batch, dtype)
-            synchronize(device)
-            if round_index >= 2:
-                times[row].append(time.perf_counter() - start)
+    times = time_training_steps(runners, batch, dtype, device, args.repeats)
     memory = {row: measure_memory(models[row], batch, dtype, device) for row in rows}
     flops = step_flops(models[rows[0]], batch, dtype)
 

@@ -50,21 +50,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results_file import read_results, write_results
+from sampler_curve_report import NFE_COUNTING, TABLE_FILE, write_report
+
 DEFAULT_NFE = (4, 6, 8, 12, 16, 25, 50, 100, 250)
 DEFAULT_GUIDANCE_SCALES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 REFERENCE = "animals"
 JSON_FILE = "sampler_curve.json"
-TABLE_FILE = "sampler_curve.md"
-NFE_PLOT = "sampler_curve.png"
-GUIDANCE_PLOT = "guidance_curve.png"
 KEY_FIELDS = ("model_sha256", "sampler", "steps", "cfg", "num_samples", "seed")
 # What a point keeps: a curve has dozens of points, and precision/recall would cost more than the rest of a score.
 METRICS = ("fid", "class_accuracy", "class_accuracy_per_class")
-NFE_COUNTING = (
-    "NFE: model evaluations per sample over the whole trajectory, one per scheduler timestep; a guided step "
-    "(conditional and unconditional input in one doubled batch) counts as one, as in the DiT and EDM papers. "
-    "Euler, DDPM, DDIM and DPM++ evaluate once per step, Heun 2 x steps - 1 times."
-)
 
 
 def model_evaluations(scheduler, steps: int) -> int:
@@ -98,15 +93,12 @@ def point_key(point: dict[str, Any]) -> tuple:
 
 def load_points(path: Path) -> list[dict[str, Any]]:
     """The points a previous run saved, or none."""
-    return json.loads(path.read_text())["points"] if path.is_file() else []
+    return read_results(path, {"points": []})["points"]
 
 
 def save_points(path: Path, points: list[dict[str, Any]]) -> None:
     """The JSON, replaced whole (written aside, then renamed), so an interruption never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps({"nfe_counting": NFE_COUNTING, "reference": REFERENCE, "points": points}, indent=2))
-    partial.replace(path)
+    write_results(path, json.dumps({"nfe_counting": NFE_COUNTING, "reference": REFERENCE, "points": points}, indent=2))
 
 
 def measure(pipe, spec: dict[str, Any], batch_size: int) -> dict[str, Any]:
@@ -178,102 +170,6 @@ def measured(specs: list[dict], points: list[dict]) -> list[dict]:
     """The measured points of `specs`, in their order."""
     by_key = {point_key(p): p for p in points}
     return [by_key[point_key(s)] for s in specs if point_key(s) in by_key]
-
-
-def write_tables(path: Path, nfe_points: list[dict], guidance_points: list[dict]) -> None:
-    """sampler_curve.md: what was measured and how, the NFE table and the guidance table."""
-    first = (nfe_points or guidance_points)[0]
-    lines = [
-        "# Sampler curve",
-        "",
-        f"Model `{first['model']}` (weights sha256 {first['model_sha256'][:12]}, {first['objective']} objective); "
-        f"{first['num_samples']} class-balanced samples a point, seed {first['seed']}, scored against `{REFERENCE}` "
-        "with the built-in feature network. Seconds: sampling and scoring of a point.",
-        "",
-        NFE_COUNTING,
-    ]
-    if nfe_points:
-        lines += [
-            "",
-            f"## FID and class accuracy against NFE (guidance scale {nfe_points[0]['cfg']:g})",
-            "",
-            "| sampler | NFE | steps | FID | class accuracy | seconds |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-            *(
-                f"| {p['sampler']} | {p['nfe']} | {p['steps']} | {p['fid']:.2f} | {100 * p['class_accuracy']:.1f} % "
-                f"| {p['seconds']:.1f} |"
-                for p in nfe_points
-            ),
-        ]
-    if guidance_points:
-        p = guidance_points[0]
-        lines += [
-            "",
-            f"## FID against class accuracy over guidance scales ({p['sampler']}, {p['steps']} steps, NFE {p['nfe']})",
-            "",
-            "| guidance scale | FID | class accuracy | seconds |",
-            "| ---: | ---: | ---: | ---: |",
-            *(
-                f"| {p['cfg']:g} | {p['fid']:.2f} | {100 * p['class_accuracy']:.1f} % | {p['seconds']:.1f} |"
-                for p in guidance_points
-            ),
-        ]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def plot_nfe(points: list[dict], path: Path) -> None:
-    """FID and class accuracy against NFE (log x), one line per sampler."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120)
-    samplers = list(dict.fromkeys(p["sampler"] for p in points))
-    nfes = sorted({p["nfe"] for p in points})
-    for ax, key, scale, label in (
-        (axes[0], "fid", 1, "FID (lower is better)"),
-        (axes[1], "class_accuracy", 100, "class accuracy, % (higher is better)"),
-    ):
-        for sampler in samplers:
-            mine = sorted((p for p in points if p["sampler"] == sampler), key=lambda p: p["nfe"])
-            ax.plot([p["nfe"] for p in mine], [scale * p[key] for p in mine], marker="o", ms=3, lw=1.2, label=sampler)
-        ax.set_xscale("log")
-        ax.set_xticks(nfes, [str(n) for n in nfes], fontsize=7)  # the measured NFEs, not powers of ten
-        ax.minorticks_off()
-        ax.set_xlabel("model evaluations per sample (NFE)", fontsize=8)
-        ax.set_title(label, fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"guidance scale {points[0]['cfg']:g}, {points[0]['num_samples']} samples", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_guidance(points: list[dict], path: Path) -> None:
-    """FID against class accuracy, each point labelled with its guidance scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = sorted(points, key=lambda p: p["cfg"])
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-    accuracy = [100 * p["class_accuracy"] for p in points]
-    ax.plot(accuracy, [p["fid"] for p in points], marker="o", ms=4, lw=1.2, color="#4c72b0")
-    for x, p in zip(accuracy, points):
-        ax.annotate(f"{p['cfg']:g}", (x, p["fid"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("class accuracy, % (higher is better)", fontsize=8)
-    ax.set_ylabel("FID (lower is better)", fontsize=8)
-    first = points[0]
-    ax.set_title(
-        f"by guidance scale ({first['sampler']}, {first['steps']} steps, {first['num_samples']} samples)", fontsize=9
-    )
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,12 +281,7 @@ def run(args: argparse.Namespace) -> None:
             points.append(measure(pipe, spec, args.batch_size))
             save_points(out / JSON_FILE, points)
     nfe_points, guidance_points = measured(nfe_part, points), measured(guidance_part, points)
-    if nfe_points or guidance_points:
-        write_tables(out / TABLE_FILE, nfe_points, guidance_points)
-    if nfe_points:
-        plot_nfe(nfe_points, out / NFE_PLOT)
-    if guidance_points:
-        plot_guidance(guidance_points, out / GUIDANCE_PLOT)
+    write_report(out, nfe_points, guidance_points, REFERENCE)
     print(f"{len(todo)} points measured, {len(nfe_points) + len(guidance_points)} shown  ->  {out / TABLE_FILE}")
 
 

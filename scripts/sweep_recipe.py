@@ -24,6 +24,9 @@ import json
 import statistics
 from pathlib import Path
 
+from results_file import read_results, write_results
+from sweep_recipe_report import plot, table
+
 # The recipe before the ladder, spelled out so the ladder keeps its meaning when the defaults change.
 OLD_RECIPE = [
     "train.global_batch_size=64",
@@ -100,6 +103,7 @@ def train_row(row: str, steps: int, seed: int, out: Path, eval_every: int | None
     """Train one row into its run folder (skipped when it already reached its last step); `extra`
     overrides come after the row's own."""
     from sdtgen.config import load_config
+    from sdtgen.runs import CHECKPOINTS_DIR, checkpoint_name
     from sdtgen.training.trainer import train
 
     run_dir = out / run_name(row, steps, seed)
@@ -112,7 +116,7 @@ def train_row(row: str, steps: int, seed: int, out: Path, eval_every: int | None
         f"train.eval_every={round(eval_every * scale) if eval_every else 'null'}",
     ]
     config = load_config(None, overrides)
-    if not (run_dir / "checkpoints" / f"checkpoint-{config.train.max_steps}").is_dir():
+    if not (run_dir / CHECKPOINTS_DIR / checkpoint_name(config.train.max_steps)).is_dir():
         train(config)
     return run_dir
 
@@ -123,9 +127,9 @@ def flops_per_image(run_dir: Path) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from sdtgen.models.dit import SDTDiT
-    from sdtgen.runs import list_checkpoints
+    from sdtgen.runs import find_source
 
-    model = SDTDiT.from_pretrained(list_checkpoints(run_dir / "checkpoints")[-1] / "model")
+    model = SDTDiT.from_pretrained(find_source(run_dir).model_dir)
     model.set_attention_backend("math")
     x = torch.randn(1, model.config.in_channels, model.config.input_size, model.config.input_size)
     with FlopCounterMode(display=False) as counter:
@@ -135,13 +139,14 @@ def flops_per_image(run_dir: Path) -> float:
 
 def summarize(row: str, steps: int, seed: int, run_dir: Path) -> dict:
     """A run's entry: settings, speed, loss, FLOPs and its final evaluation (and the evaluations along the way)."""
-    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line]
+    from sdtgen.config import load_config
+    from sdtgen.runs import CONFIG_FILE, LOG_FILE, read_log
+
+    records = read_log(run_dir / LOG_FILE)
     final = records[-1]
     if "eval_fid" not in final:
         raise RuntimeError(f"{run_dir} has no final evaluation in its log; was train.final_eval off?")
-    from sdtgen.config import load_config
-
-    config = load_config(run_dir / "config.yaml")
+    config = load_config(run_dir / CONFIG_FILE)
     # Windows that ran an evaluation count its time too; a run too short to log without one has only those.
     images_per_s = [r["images_per_s"] for r in records if "eval_fid" not in r] or [r["images_per_s"] for r in records]
     return {
@@ -169,57 +174,6 @@ def summarize(row: str, steps: int, seed: int, run_dir: Path) -> dict:
     }
 
 
-def table(results: dict[str, dict], steps: int) -> str:
-    """One line per row at `steps`: mean over seeds (and each seed), class accuracy, worst class, cost."""
-    lines = [
-        "| row | seeds | FID (mean; per seed) | class acc. (mean) | worst class | images | GFLOP / image | images/s |",
-        "|---|---:|---|---:|---|---:|---:|---:|",
-    ]
-    for row in ROWS:
-        runs = [r for r in results.values() if r["row"] == row and r["steps"] == steps]
-        if not runs:
-            continue
-        fids = [r["fid"] for r in runs]
-        accs = [r["class_accuracy"] for r in runs]
-        per_class = {
-            c: statistics.mean(r["class_accuracy_per_class"][c] for r in runs)
-            for c in runs[0]["class_accuracy_per_class"]
-        }
-        worst = min(per_class, key=per_class.get)
-        lines.append(
-            f"| {row} | {len(runs)} | {statistics.mean(fids):.2f} ({' / '.join(f'{f:.2f}' for f in fids)}) "
-            f"| {statistics.mean(accs):.1%} | {worst} {per_class[worst]:.0%} | {runs[0]['images_seen']:,} "
-            f"| {runs[0]['train_flops_per_image'] / 1e9:.2f} | {statistics.median(r['images_per_s'] for r in runs):.0f} |"
-        )
-    return "\n".join(lines)
-
-
-def plot(results: dict[str, dict], rows: list[str], path: Path) -> None:
-    """FID against images seen, one line per run of `rows` (its evaluations along the way, or its final one)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in results.values():
-        if r["row"] in rows:
-            ax.plot(
-                [p["images"] for p in r["curve"]],
-                [p["fid"] for p in r["curve"]],
-                marker="o",
-                label=f"{r['row']} (a budget of {r['images_seen']:,} images, seed {r['seed']})",
-            )
-    ax.set_xlabel("images seen")
-    ax.set_ylabel("FID (1,000 samples)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="rows to run (default: all)")
@@ -239,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     results_path = Path(args.results)
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = read_results(results_path, {})
     if not args.table:
         for seed in args.seeds:
             for row in args.rows:
@@ -253,13 +207,12 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     run_dir = train_row(row, args.steps, seed, Path(args.out), args.eval_every, args.set)
                     results[name] = summarize(row, args.steps, seed, run_dir)
-                results_path.parent.mkdir(parents=True, exist_ok=True)
-                results_path.write_text(json.dumps(results, indent=2) + "\n")
+                write_results(results_path, json.dumps(results, indent=2) + "\n")
                 print(f"{name}: FID {results[name]['fid']:.2f}, class accuracy {results[name]['class_accuracy']:.1%}")
     if args.plot:
         plot(results, args.plot, results_path.with_suffix(".png"))
     for steps in sorted({r["steps"] for r in results.values()}):
-        print(f"\n{steps} steps\n" + table(results, steps))
+        print(f"\n{steps} steps\n" + table(results, steps, ROWS))
 
 
 if __name__ == "__main__":

@@ -283,7 +283,6 @@ AT_LEAST = {
     "model.depth": 1,
     "model.hidden_size": 1,
     "model.num_heads": 1,
-    "model.mlp_ratio": 0.0,
     "data.image_size": 1,
     "data.extract_batch_size": 1,
     "data.num_workers": 0,
@@ -331,8 +330,10 @@ def validate(config: RunConfig) -> None:
     if config.model.preset.upper() not in PRESETS:
         raise ValueError(f"model.preset must be one of {', '.join(PRESETS)}, got {config.model.preset!r}.")
     t = config.train
-    if not t.lr > 0:
-        raise ValueError(f"train.lr must be positive, got {t.lr}.")
+    if not 0 < t.lr < 1:  # an AdamW step moves each weight by about lr: 1 or more destroys the model at once
+        raise ValueError(f"train.lr must be in (0, 1) (the recipes use 2e-4 to 1e-3), got {t.lr}.")
+    if not config.model.mlp_ratio > 0:
+        raise ValueError(f"model.mlp_ratio must be positive (4 in DiT), got {config.model.mlp_ratio}.")
     if not 0 <= t.ema_decay < 1:
         raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}.")
     if t.ema_std is not None and not 0 < t.ema_std < MAX_EMA_STD:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sdtgen.decay_maps import block_log_decays
 from sdtgen.diffusion.flow import FlowObjective
 
 
@@ -69,24 +70,6 @@ def object_background_stats(lam: torch.Tensor, mask: torch.Tensor) -> dict[str, 
 
 
 @torch.no_grad()
-def block_log_decays(model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-    """Each block's log decay lam (B, heads, tokens) for a forward pass at flow time t (B,)."""
-    captured: list[torch.Tensor] = []
-
-    def hook(module, args):
-        lam = module.log_decay(args[0])
-        captured.append(lam.float().expand(x.shape[0], -1, -1).cpu())
-
-    handles = [block.attn.register_forward_pre_hook(hook) for block in model.blocks]
-    try:
-        model(x, t * FlowObjective.timestep_scale, labels)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
-
-
-@torch.no_grad()
 def content_dependence(
     model,
     latents: torch.Tensor,
@@ -102,8 +85,6 @@ def content_dependence(
     `labels`; the same noise (drawn from `seed`) is used at every level, x_t = (1 - t) x0 + t eps.
     Returns one row per (noise level, block, head): {"t", "block", "head", and the statistics}.
     """
-    if model.config.attention == "vanilla":
-        raise ValueError("A vanilla-attention model has no decay to measure.")
     model.eval()
     device = next(model.parameters()).device
     mask = token_object_mask(images, model.grid)
@@ -115,7 +96,8 @@ def content_dependence(
             x0 = latents[start : start + batch_size]
             t = torch.full((len(x0),), float(level))
             xt = FlowObjective.interpolate(x0, noise[start : start + batch_size], t)
-            lams = block_log_decays(model, xt.to(device), t.to(device), labels[start : start + batch_size].to(device))
+            timesteps = t.to(device) * FlowObjective.timestep_scale
+            lams = block_log_decays(model, xt.to(device), timesteps, labels[start : start + batch_size].to(device))
             for block, lam in enumerate(lams):
                 per_block[block].append(lam)
         for block, parts in enumerate(per_block):

@@ -21,27 +21,35 @@ import torch
 
 from sdtgen.diffusion.sampling import Guidance, default_guidance
 from sdtgen.generation import generate
+from sdtgen.models.attention import DECAY_VARIANTS
 from sdtgen.models.decay import decay_bias
 from sdtgen.pipeline import SDTPipeline
 
 
 @torch.no_grad()
-def collect_log_decay(model, x: torch.Tensor, timestep: float, label: int) -> list[torch.Tensor]:
-    """Run `model` on one latent x (1, C, H, W); return each block's lam, (heads, tokens)."""
-    if model.config.attention not in ("sdt", "sdt-decomposed", "fixed", "learned-fixed"):
-        raise ValueError(f"This model's attention is {model.config.attention!r}: it has no spatial decay to show.")
+def block_log_decays(model, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """Each block's lam, (B, heads, tokens), read by hooks while `model` runs on x (B, C, H, W)
+    at the model's `timesteps` (B,) with class `labels` (B,)."""
+    if model.config.attention not in DECAY_VARIANTS:
+        raise ValueError(f"This model's attention is {model.config.attention!r}: it has no spatial decay to read.")
     captured: list[torch.Tensor] = []
 
     def hook(module, args):
-        captured.append(module.log_decay(args[0])[0].float().cpu())
+        captured.append(module.log_decay(args[0]).float().expand(len(x), -1, -1).cpu())
 
     handles = [block.attn.register_forward_pre_hook(hook) for block in model.blocks]
     try:
-        model(x, torch.tensor([timestep], device=x.device), torch.tensor([label], device=x.device))
+        model(x, timesteps, labels)
     finally:
         for handle in handles:
             handle.remove()
-    return [lam.expand(lam.shape[0], model.grid[0] * model.grid[1]) for lam in captured]
+    return captured
+
+
+def collect_log_decay(model, x: torch.Tensor, timestep: float, label: int) -> list[torch.Tensor]:
+    """Run `model` on one latent x (1, C, H, W); return each block's lam, (heads, tokens)."""
+    lams = block_log_decays(model, x, torch.tensor([timestep], device=x.device), torch.tensor([label], device=x.device))
+    return [lam[0] for lam in lams]
 
 
 def render_decay_maps(

@@ -38,7 +38,7 @@ import yaml
 
 from sdtgen.class_names import display_names, id2label_names
 from sdtgen.config import RunConfig
-from sdtgen.diffusion.sampling import Guidance, default_guidance, make_scheduler, objective_of
+from sdtgen.diffusion.sampling import Guidance, check_steps, default_guidance, make_scheduler, objective_of
 
 if TYPE_CHECKING:
     from sdtgen.pipeline import SDTPipeline
@@ -110,6 +110,15 @@ class MissingInput(ValueError):
         return f"{self.reason}; pass {how} ({self.accepted})."
 
 
+@dataclass(frozen=True)
+class SampleSettings:
+    """How a command samples a model, checked against it (see `Source.sample_settings`)."""
+
+    sampler: str | None  # None: the objective's default sampler; a pipeline folder keeps its own scheduler
+    steps: int | None  # None: the sampler's default (`default_steps`)
+    guidance: Guidance
+
+
 @dataclass
 class Source:
     """A model folder, read without loading any weights."""
@@ -144,6 +153,23 @@ class Source:
     def sample_defaults(self) -> dict[str, Any]:
         """The run's `sample:` settings (sampler, steps, cfg, classes) that commands default to; {} outside a run."""
         return (self.run_config or {}).get("sample") or {}
+
+    def sample_settings(
+        self,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_channels: int | None = None,
+        guidance_interval: tuple[float, float] | list[float] | None = None,
+    ) -> SampleSettings:
+        """A command's sampler, steps and guidance: each setting it was given, else the run's `sample:` one, else
+        the library's default (see `SampleSettings`). ValueError if the steps or the guidance do not fit the model."""
+        steps = self.sample_defaults.get("steps") if steps is None else steps
+        if steps is not None:
+            check_steps(steps)
+        guidance = self.guidance(guidance_scale, guidance_channels, guidance_interval)
+        guidance.check(self.model_config)
+        return SampleSettings(sampler or self.sample_defaults.get("sampler"), steps, guidance)
 
     def guidance(
         self,
@@ -183,7 +209,7 @@ def find_source(ckpt: str | Path | None) -> Source:
             raise MissingInput(
                 "ckpt",
                 f"No model folder given and the built-in run {DEFAULT_RUN} does not exist here (train it with "
-                "`accelerate launch scripts/train_gen.py`)",
+                "`accelerate launch -q scripts/train_gen.py`)",
                 "a run, checkpoint, model or pipeline folder",
             )
         ckpt = DEFAULT_RUN
@@ -331,3 +357,23 @@ def _pipeline_source(path: Path) -> Source:
         id2label_names(index.get("id2label"), config["num_classes"]),
         objective_of(scheduler_class),
     )
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's log.jsonl, one dict per line, oldest first.
+
+    Blank lines are skipped. A last line that does not parse is dropped: it is a record cut
+    short by a process killed while writing it (the trainer writes a whole line, then flushes).
+    A bad line anywhere else is corruption: ValueError naming the file and line.
+    """
+    path = Path(path)
+    lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if index == len(lines) - 1:
+                break
+            raise ValueError(f"{path} line {number} is not a JSON record; the log is corrupt.") from None
+    return records

@@ -9,10 +9,20 @@ import pytest
 import torch
 
 from sdtgen.cli import COMMANDS, main, options
-from sdtgen.diffusion.sampling import DEFAULT_GUIDANCE, SAMPLERS
+from sdtgen.diffusion.sampling import DEFAULT_GUIDANCE, SAMPLERS, Guidance
 from sdtgen.models.attention import ATTENTION_VARIANTS
-from sdtgen.runs import CLASS_NAMES_FILE, CONFIG_FILE, LOG_FILE, MODEL_DIR, MissingInput, find_source, list_checkpoints
+from sdtgen.runs import (
+    CLASS_NAMES_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    MODEL_DIR,
+    MissingInput,
+    SampleSettings,
+    find_source,
+    list_checkpoints,
+)
 from test_training import TINY
+from tiny_runs import random_model, write_run
 
 HEAVY = ("torch", "diffusers", "accelerate", "torch_fidelity", "matplotlib")
 
@@ -50,6 +60,20 @@ def test_the_library_asks_for_keywords_and_the_cli_for_flags(tmp_path, monkeypat
         main(["export", "--out", str(tmp_path / "pipe")])
     assert exit_info.value.code == 2
     assert "pass --ckpt (a run, checkpoint, model or pipeline folder)" in capsys.readouterr().err
+
+
+def test_sample_settings_are_each_flag_else_the_runs_else_the_librarys(tmp_path):
+    """The one resolver `sdtgen sample` and `sdtgen eval` share, checked before any weights load."""
+    run = find_source(write_run(tmp_path / "run", random_model(), overrides=("sample.sampler=ddpm",)))
+    assert run.sample_settings() == SampleSettings("ddpm", 3, Guidance(3.0, None, (0.0, 0.8)))  # the run's sample:
+    given = run.sample_settings("ddim", 7, 1.5, 3, [0.2, 0.6])
+    assert given == SampleSettings("ddim", 7, Guidance(1.5, 3, (0.2, 0.6)))  # every flag given wins
+    random_model().save_pretrained(tmp_path / "model")  # a model folder has no run settings
+    assert find_source(tmp_path / "model").sample_settings() == SampleSettings(None, None, Guidance(DEFAULT_GUIDANCE))
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        run.sample_settings(steps=0)
+    with pytest.raises(ValueError, match="guided channels must be 1..4"):
+        run.sample_settings(guidance_channels=5)
 
 
 @pytest.mark.slow

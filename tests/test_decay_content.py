@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from sdtgen.decay_content import block_log_decays, content_dependence, object_background_stats, token_object_mask
-from sdtgen.decay_maps import collect_log_decay
+from sdtgen.decay_content import content_dependence, object_background_stats, token_object_mask
+from sdtgen.decay_maps import block_log_decays, collect_log_decay
 from tiny_runs import random_model
 
 
@@ -75,12 +75,11 @@ def test_token_mask_counts_object_pixels_per_patch():
 def test_hooked_log_decays_are_the_models_own():
     model = random_model("flow", in_channels=1, attention="sdt")
     x = torch.randn(3, 1, 16, 16)
-    t = torch.tensor([0.2, 0.5, 0.9])
-    lams = block_log_decays(model, x, t, torch.tensor([1, 2, 3]))
+    timesteps = torch.tensor([200.0, 500.0, 900.0])
+    lams = block_log_decays(model, x, timesteps, torch.tensor([1, 2, 3]))
     assert len(lams) == 1 and lams[0].shape == (3, 2, 16)
-    # the decay-map path, one latent at a time, at the model's timestep scale (t x 1000)
-    for i in range(3):
-        (single,) = collect_log_decay(model, x[i : i + 1], timestep=float(t[i]) * 1000, label=i + 1)
+    for i in range(3):  # one latent at a time
+        (single,) = collect_log_decay(model, x[i : i + 1], timestep=float(timesteps[i]), label=i + 1)
         torch.testing.assert_close(lams[0][i], single)
 
 
@@ -96,5 +95,5 @@ def test_content_dependence_rows_fixed_decay_has_no_contrast():
     assert all(abs(r["contrast"]) < 1e-12 and r["eta_squared"] == 0 for r in fixed)
     gated = content_dependence(random_model("flow", in_channels=1, attention="sdt"), latents, images, labels, [0.5])
     assert all(r["contrast"] != 0 and 0 < r["eta_squared"] <= 1 for r in gated)
-    with pytest.raises(ValueError, match="no decay"):
+    with pytest.raises(ValueError, match="no spatial decay"):
         content_dependence(random_model("flow", in_channels=1, attention="vanilla"), latents, images, labels, [0.5])

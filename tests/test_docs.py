@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,7 +238,7 @@ SAME_AS: dict[str, tuple[tuple[str, str], ...]] = {
     "accelerate launch -m sdtgen.cli eval --ckpt RUN --num-samples 50000 --labels uniform --sampler ddpm --steps 250 "
     "--cfg 1.5 --ref VIRTUAL_imagenet256_labeled.npz --inception-weights weights-inception-2015-12-05-6726825d.pth "
     "--out eval/xl2": (
-        ("launch -m", "launch --multi_gpu --num_processes 8 -m"),
+        ("launch -m", "launch -q --multi_gpu --num_processes 8 -m"),
         ("RUN", "runs/imagenet256_sdt_xl2"),
         ("--sampler ddpm ", ""),
         ("eval/xl2", "eval/imagenet256_sdt_xl2"),
@@ -494,3 +495,77 @@ def test_training_on_your_data_page(scratch, tmp_path):
         assert json.loads((cwd / "runs" / run_dir / "class_names.json").read_text()) == ["daisy", "rose", "tulip"]
         assert (cwd / "runs" / run_dir / "checkpoints" / "checkpoint-2" / "model").is_dir()
     assert json.loads((cwd / "eval" / "flowers-sdt-s2" / "metrics.json").read_text())["provenance"]["num_samples"] == 8
+
+
+# The pages describe the code as it is: the paths they name exist, their lists are the code's.
+
+PAGES_AND_README = (*sorted(DOCS.glob("*.md")), README)
+PACKAGE = REPO / "sdtgen"
+# A repository path in a page: a top-level folder, then names; `*` and `{a,b}` read as a shell does.
+REPO_PATH = re.compile(
+    r"(?<![\w./-])(?:sdtgen|scripts|configs|docs|benchmarks|tests|notebooks)/(?:[\w.*/-]|\{[\w.,-]+\})*[\w*}]"
+)
+# Two or more `code` spans joined by nothing but a comma, "or", "and" or "|": a list of names.
+CODE_LIST = re.compile(r"`[^`\n]+`(?:(?:,? (?:or|and) |, | \| )`[^`\n]+`)+")
+
+
+def expand_braces(path: str) -> list[str]:
+    match = re.search(r"\{([^{}]*)\}", path)
+    if match is None:
+        return [path]
+    return [
+        p for option in match[1].split(",") for p in expand_braces(path[: match.start()] + option + path[match.end() :])
+    ]
+
+
+def named_path_exists(path: str) -> bool:
+    return all(any(REPO.glob(p)) if "*" in p else (REPO / p).exists() for p in expand_braces(path))
+
+
+def test_every_path_a_page_names_exists():
+    missing = []
+    for page in PAGES_AND_README:
+        text = page.read_text()
+        missing += [f"{page.name}: {path}" for path in REPO_PATH.findall(text) if not named_path_exists(path)]
+        # A page named without its folder (`README.md`, `method.md`): at the top, in docs/ or a folder of it.
+        for name in re.findall(r"`([\w.-]+\.md)`", text):
+            if not any((folder / name).exists() for folder in (REPO, DOCS, *filter(Path.is_dir, DOCS.iterdir()))):
+                missing.append(f"{page.name}: {name}")
+        for link in re.findall(r"\]\(([^)\s]+)\)", text):
+            target = link.split("#")[0]
+            if target and "://" not in target and not (page.parent / target).exists():
+                missing.append(f"{page.name}: link {link}")
+    assert not missing, "pages name paths the repository does not have:\n" + "\n".join(missing)
+
+
+def test_architecture_page_has_a_row_for_every_module():
+    named = set(re.findall(r"`([\w/]+\.py)`", (DOCS / "architecture.md").read_text()))
+    unknown = {path for path in named if not (REPO / path).exists() and not (PACKAGE / path).exists()}
+    assert not unknown, f"docs/architecture.md names files that are neither in the repository nor in sdtgen/: {unknown}"
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    assert not modules - named, f"docs/architecture.md has no row for {sorted(modules - named)}"
+
+
+def test_pages_list_the_codes_backends_and_presets():
+    from sdtgen.models.backends import BACKENDS
+    from sdtgen.models.dit import MODEL_SIZES, PATCH_SIZES
+
+    patches = {f"/{patch}" for patch in PATCH_SIZES}
+    # A list of three or more names drawn from one of these is complete; backends may leave out `auto`,
+    # which picks one of the others.
+    complete = {
+        "backends": (set(BACKENDS), (set(BACKENDS), set(BACKENDS) - {"auto"})),
+        "model sizes": (set(MODEL_SIZES), (set(MODEL_SIZES),)),
+        "patch sizes": (patches, (patches,)),
+    }
+    seen, wrong = set(), []
+    for page in PAGES_AND_README:
+        for match in CODE_LIST.finditer(page.read_text()):
+            names = set(re.findall(r"`([^`\n]+)`", match[0]))
+            for kind, (vocabulary, allowed) in complete.items():
+                if len(names) >= 3 and names <= vocabulary:
+                    seen.add(kind)
+                    if names not in allowed:
+                        wrong.append(f"{page.name} lists the {kind} {match[0]}; the code has {sorted(vocabulary)}")
+    assert not wrong, "\n".join(wrong)
+    assert seen == set(complete), f"no page lists the {set(complete) - seen}"

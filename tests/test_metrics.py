@@ -16,7 +16,13 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from sdtgen.data.animals import ANIMAL_CLASSES, load_animals
 from sdtgen.evaluation import EXTRACTOR_NAME, compute_metrics, fid_against_npz, load_feature_net
 from sdtgen.evaluation.feature_net import default_weights_dir, uint8_to_unit_range, weights_sha256
-from sdtgen.evaluation.metrics import ImageTensorDataset, builtin_reference_features, extract_features
+from sdtgen.evaluation.metrics import (
+    ImageTensorDataset,
+    builtin_reference_features,
+    extract_features,
+    metrics_from_features,
+    reference_features,
+)
 
 STAND_IN = "sdtgen-test-pooled-pixels"
 
@@ -178,6 +184,20 @@ def test_per_class_accuracy_counts_each_class_alone(test_split, real_test_metric
 
     unlabelled = compute_metrics(images[:20], reference=images[20:40])
     assert unlabelled["class_accuracy"] is unlabelled["class_accuracy_per_class"] is unlabelled["class_counts"] is None
+
+
+def test_metrics_are_a_function_of_features_alone(test_split):
+    """compute_metrics is the reference's features, the samples' features, and metrics_from_features of both."""
+    images, labels = test_split
+    samples, reference = images[::5], images[1::5]
+    wrapped = compute_metrics(samples, labels[::5], reference=reference, kid_subset_size=100)
+    features = extract_features(samples, EXTRACTOR_NAME, ["logits_unbiased", "penultimate"])
+    ref, description = reference_features(reference, EXTRACTOR_NAME, "penultimate", weights_sha256())
+    direct = metrics_from_features(
+        features["penultimate"], features["logits_unbiased"], ref, labels[::5], kid_subset_size=100
+    )
+    assert direct.pop("provenance").items() <= wrapped.pop("provenance").items()
+    assert direct == wrapped and description == "200 user-supplied images"
 
 
 def test_noise_scores_badly(real_test_metrics, cache_dir):

@@ -2,7 +2,6 @@
 REPA, each against a closed form or a brute-force computation, with one pinned value each, and
 a run with all of them on that resumes exactly."""
 
-import json
 import math
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from sdtgen.diffusion.flow import FlowObjective
 from sdtgen.evaluation.feature_net import default_weights_dir
 from sdtgen.models.attention import ATTENTION_VARIANTS
 from sdtgen.models.dit import Mlp, SwiGLU, make_norm
+from sdtgen.runs import LOG_FILE, read_log
 from sdtgen.training.representation import FrozenEncoder, dispersive_loss, load_encoder, repa_loss
 from test_training import assert_same_weights, final_weights, run
 
@@ -35,8 +35,7 @@ def tiny_encoder():
 
 def logged(run_dir: Path) -> list[dict]:
     """Every logged value but the speed."""
-    records = map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
-    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
+    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_log(run_dir / LOG_FILE)]
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from sdtgen.models.dit import SDTDiT
 from tiny_runs import REPO, random_model, write_run
 
 SCRIPT = REPO / "scripts" / "sampler_curve.py"
+sys.path.insert(0, str(SCRIPT.parent))  # where the script imports its sibling modules from
 
 
 def load_script():

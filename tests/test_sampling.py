@@ -16,7 +16,7 @@ import test_training
 from doc_commands import two_cpu_processes
 from sdtgen.class_names import display_names, resolve_class
 from sdtgen.cli import build_parser, main
-from sdtgen.cli.sample import SamplePlan
+from sdtgen.cli.sample import SamplePlan, sample_images
 from sdtgen.config import load_config
 from sdtgen.diffusion.flow_dpm_solver import FlowMatchDPMSolverMultistepScheduler
 from sdtgen.diffusion.sampling import (
@@ -115,8 +115,8 @@ def test_sample_i_depends_only_on_seed_and_i(ddpm_run):
     )
     plan = SamplePlan.from_args(args, find_source(ddpm_run))
     pipe = load_pipeline(plan.source, sampler="ddpm")
-    whole = plan.sample(pipe, range(6), out=None)
-    parts = torch.cat([plan.sample(pipe, [4, 5], out=None), plan.sample(pipe, [0, 1, 2, 3], out=None)])
+    whole = sample_images(plan, pipe, range(6))
+    parts = torch.cat([sample_images(plan, pipe, [4, 5]), sample_images(plan, pipe, [0, 1, 2, 3])])
     torch.testing.assert_close(parts[[2, 3, 4, 5, 0, 1]], whole, rtol=0, atol=1e-5)
     # Sample i is the pipeline's image for one generator seeded with sample_seed(seed, i).
     alone = pipe(
@@ -330,7 +330,7 @@ def test_default_ckpt_is_the_builtin_run(ddpm_run, tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):
         main(["sample"])
-    assert "accelerate launch scripts/train_gen.py" in capsys.readouterr().err
+    assert "accelerate launch -q scripts/train_gen.py" in capsys.readouterr().err
     shutil.copytree(ddpm_run, tmp_path / "runs" / "animals-sdt")
     assert main(["sample", "--class", "0", "--num", "1"]) == 0
     assert (tmp_path / "samples" / "0-bear-000.png").is_file()

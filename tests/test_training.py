@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from doc_commands import two_cpu_processes
 from sdtgen import SDTDiT
@@ -66,7 +66,10 @@ def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
 def test_resume_is_exact(tmp_path):
     straight = run(tmp_path / "straight", "train.max_steps=6", "train.checkpoint_every=3")
     interrupted = run(tmp_path / "resumed", "train.max_steps=3", "train.checkpoint_every=3")
+    # Older versions also saved torch's global RNG states; resume ignores them, and saves none.
+    save_file({"cpu": torch.get_rng_state()}, interrupted / "checkpoints" / "checkpoint-3" / "rng.safetensors")
     resumed = run(interrupted, "train.max_steps=6", "train.checkpoint_every=3", "train.resume=latest")
+    assert not (resumed / "checkpoints" / "checkpoint-6" / "rng.safetensors").exists()
     assert [r["step"] for r in losses(resumed)] == [1, 2, 3, 4, 5, 6]
     assert losses(resumed) == losses(straight)
     assert_same_weights(final_weights(resumed, 6), final_weights(straight, 6))
@@ -117,12 +120,15 @@ def test_bf16_accumulation_matches_to_bf16_rounding(tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-2)
 
 
-def test_auto_precision_is_resolved_and_recorded(tmp_path):
+def test_auto_precision_is_resolved_and_recorded_and_the_given_config_kept(tmp_path):
     from sdtgen.training.precision import cpu_has_fast_bf16
 
-    run_dir = run(tmp_path, "train.max_steps=1", "train.mixed_precision=auto")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    given = load_config(None, [f"output_dir={tmp_path}", *TINY, "train.max_steps=1", "train.mixed_precision=auto"])
+    run_dir = train(given)
     recorded = load_config(run_dir / "config.yaml").train.mixed_precision
     assert recorded == ("bf16" if cpu_has_fast_bf16() else "no")
+    assert given.train.mixed_precision == "auto"  # the trainer resolves a copy
 
 
 def test_a_failed_save_leaves_nothing_that_resume_would_pick(tmp_path, monkeypatch):

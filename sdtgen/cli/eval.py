@@ -101,8 +101,6 @@ def run(args: argparse.Namespace) -> None:
         images, labels = evaluate.load_samples(args.samples)
         settings = {"samples": str(args.samples), "num_samples": len(images)}
     else:
-        if args.steps is not None and args.steps < 1:
-            raise ValueError(f"--steps must be at least 1, got {args.steps}.")
         check_seed(args.seed, args.num_samples)
         with asking_for_flags(args):
             images, labels, settings = _sample_checkpoint(args)
@@ -130,18 +128,16 @@ def _sample_checkpoint(args: argparse.Namespace):
     from sdtgen.runs import find_source, load_pipeline
 
     source = find_source(args.ckpt)
-    run_sample = source.sample_defaults
-    pipe = load_pipeline(
-        source, vae=args.vae, sampler=args.sampler or run_sample.get("sampler"), dtype=torch_dtype(args.dtype)
-    )
+    sampling = source.sample_settings(args.sampler, args.steps, args.cfg, args.cfg_channels, args.cfg_interval)
+    pipe = load_pipeline(source, vae=args.vae, sampler=sampling.sampler, dtype=torch_dtype(args.dtype))
     pipe.to(process_state().device).set_progress_bar_config(disable=True)
     images, labels, settings = sample_eval_set(
         pipe,
         args.num_samples,
         labels_mode=args.labels,
         seed=args.seed,
-        steps=args.steps if args.steps is not None else run_sample.get("steps"),
-        guidance=source.guidance(args.cfg, args.cfg_channels, args.cfg_interval),
+        steps=sampling.steps,
+        guidance=sampling.guidance,
         batch_size=args.batch_size,
     )
     weights = next(source.model_dir.glob("*.safetensors"), None)

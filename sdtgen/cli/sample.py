@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,8 +34,7 @@ from sdtgen.cli.options import (
 if TYPE_CHECKING:
     import torch
 
-    from sdtgen.diffusion.sampling import Guidance
-    from sdtgen.runs import Source
+    from sdtgen.runs import SampleSettings, Source
 
 # Classes sampled when --class is absent and the run names none: all of them, if this few.
 MAX_DEFAULT_CLASSES = 32
@@ -118,8 +118,7 @@ def run(args: argparse.Namespace) -> None:
             if state.is_main_process:
                 print(_class_listing(source.class_names, source.num_classes))
             return
-        plan = SamplePlan.from_args(args, source)
-        plan.run(state)
+        run_plan(SamplePlan.from_args(args, source), state)
 
 
 def _class_listing(names: Sequence[str] | None, num_classes: int) -> str:
@@ -140,40 +139,34 @@ def _check_device(name: str) -> None:
         raise ValueError(f"--device {name} needs CUDA, which this machine does not have; use --device cpu.")
 
 
+@dataclass(frozen=True)
 class SamplePlan:
-    """A checked `sdtgen sample` request: what to sample, how, and where to write it."""
+    """A checked `sdtgen sample` request: sample i has class `classes[i // num]` and seed `sample_seed(seed, i)`."""
 
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        source: Source,
-        classes: list[int],
-        guidance: Guidance,
-        steps: int | None,
-        sampler: str | None,
-    ) -> None:
-        self.args, self.source, self.classes = args, source, classes
-        self.guidance, self.steps, self.sampler = guidance, steps, sampler
-        self.total = len(classes) * args.num
+    source: Source
+    classes: tuple[int, ...]
+    num: int  # samples per class
+    seed: int
+    batch_size: int
+    sampling: SampleSettings
+    vae: str | None  # None: the run's (see `load_pipeline`)
+    objective: str | None
+    dtype: str  # a --dtype name
+    device: str | None  # None: the process's accelerator
+    out: Path
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, source: Source) -> SamplePlan:
         """Check everything that can be checked before any weights load; ValueError on bad input."""
         from sdtgen.class_names import resolve_class
-        from sdtgen.diffusion.sampling import check_steps
 
         for name, value in (("--num", args.num), ("--batch-size", args.batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
         if args.device:
             _check_device(args.device)
-        run_sample_config = source.sample_defaults
-        steps = args.steps if args.steps is not None else run_sample_config.get("steps")
-        if steps is not None:
-            check_steps(steps)
-        guidance = source.guidance(args.cfg, args.cfg_channels, args.cfg_interval)
-        guidance.check(source.model_config)
-        specs = args.classes or run_sample_config.get("classes")
+        sampling = source.sample_settings(args.sampler, args.steps, args.cfg, args.cfg_channels, args.cfg_interval)
+        specs = args.classes or source.sample_defaults.get("classes")
         if specs is None:
             if source.num_classes > MAX_DEFAULT_CLASSES:
                 raise ValueError(
@@ -182,99 +175,119 @@ class SamplePlan:
                 )
             specs = range(source.num_classes)
         try:
-            classes = list(dict.fromkeys(resolve_class(spec, source.class_names, source.num_classes) for spec in specs))
+            ids = [resolve_class(spec, source.class_names, source.num_classes) for spec in specs]
         except ValueError as error:
             raise ValueError(f"--class: {error} `sdtgen sample --list-classes` lists them.") from None
+        classes = tuple(dict.fromkeys(ids))  # each class once, in the order asked
         check_seed(args.seed, len(classes) * args.num)
-        return cls(args, source, classes, guidance, steps, args.sampler or run_sample_config.get("sampler"))
+        return cls(
+            source,
+            classes,
+            args.num,
+            args.seed,
+            args.batch_size,
+            sampling,
+            args.vae,
+            args.objective,
+            args.dtype,
+            args.device,
+            Path(args.out),
+        )
+
+    @property
+    def total(self) -> int:
+        return len(self.classes) * self.num
 
     def label(self, index: int) -> int:
-        return self.classes[index // self.args.num]
+        return self.classes[index // self.num]
 
     def file_name(self, index: int) -> str:
         from sdtgen.class_names import slug
 
-        class_id, k = self.label(index), index % self.args.num
-        digits = max(3, len(str(self.args.num - 1)))
+        class_id, k = self.label(index), index % self.num
+        digits = max(3, len(str(self.num - 1)))
         name = f"-{slug(self.source.class_names[class_id])}" if self.source.class_names else ""
         return f"{class_id}{name}-{k:0{digits}d}.png"
 
-    def run(self, state) -> None:
-        """Load the pipeline, sample this process's share, and (main process) write the grid."""
-        import torch
-        from accelerate.utils import gather_object
 
-        from sdtgen.diffusion.sampling import default_steps
-        from sdtgen.runs import load_pipeline
+def run_plan(plan: SamplePlan, state) -> None:
+    """Load the pipeline, sample this process's share as PNGs, and (main process) write the summary."""
+    import torch
+    from accelerate.utils import gather_object
 
-        args = self.args
-        pipe = load_pipeline(
-            self.source, vae=args.vae, objective=args.objective, sampler=self.sampler, dtype=torch_dtype(args.dtype)
-        )
-        pipe.to(torch.device(args.device) if args.device else state.device)
-        if self.steps is None:
-            self.steps = default_steps(pipe.scheduler)
-        pipe.set_progress_bar_config(disable=True)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with state.split_between_processes(list(range(self.total))) as mine:
-            images = self.sample(pipe, mine, out, progress=state.is_main_process)
-        everything = gather_object([images])
-        if state.is_main_process:
-            self.write_summary(pipe, torch.cat(everything), out, state.num_processes)
+    from sdtgen.runs import load_pipeline
 
-    def sample(self, pipe, indices: Sequence[int], out: Path | None, progress: bool = False) -> torch.Tensor:
-        """Images (len(indices), C, H, W) in [0, 1] of the given samples, each also saved as a PNG in `out`."""
-        from sdtgen.generation import generate
+    pipe = load_pipeline(
+        plan.source,
+        vae=plan.vae,
+        objective=plan.objective,
+        sampler=plan.sampling.sampler,
+        dtype=torch_dtype(plan.dtype),
+    )
+    pipe.to(torch.device(plan.device) if plan.device else state.device)
+    pipe.set_progress_bar_config(disable=True)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    with state.split_between_processes(list(range(plan.total))) as mine:
+        images = sample_images(plan, pipe, mine, plan.out, progress=state.is_main_process)
+    everything = gather_object([images])
+    if state.is_main_process:
+        write_summary(plan, pipe, torch.cat(everything), state.num_processes)
 
-        def save(chunk: list[int], images: torch.Tensor) -> None:
-            for i, image in zip(chunk, pipe.numpy_to_pil(images.permute(0, 2, 3, 1).numpy())):
-                image.save(out / self.file_name(i))
 
-        args = self.args
-        return generate(
-            pipe,
-            [self.label(i) for i in range(self.total)],
-            indices,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            steps=self.steps,
-            guidance=self.guidance,
-            output_type="pt",
-            progress="sampling" if progress else None,
-            on_batch=save if out is not None else None,
-        )
+def sample_images(
+    plan: SamplePlan, pipe, indices: Sequence[int], out: Path | None = None, progress: bool = False
+) -> torch.Tensor:
+    """Images (len(indices), C, H, W) in [0, 1] of the given samples of `plan`, each also saved as a PNG in `out`."""
+    from sdtgen.generation import generate
 
-    def write_summary(self, pipe, images: torch.Tensor, out: Path, num_processes: int) -> None:
-        """grid.png (one row per class) and settings.json, which records how the samples were made."""
-        from sdtgen.generation import grid_image, to_uint8
+    def save(chunk: list[int], images: torch.Tensor) -> None:
+        for i, image in zip(chunk, pipe.numpy_to_pil(images.permute(0, 2, 3, 1).numpy())):
+            image.save(out / plan.file_name(i))
 
-        names = self.source.class_names
-        rows = [names[c] if names else str(c) for c in self.classes]  # as the trainer's grids
-        grid_image(
-            to_uint8(images), rows=len(self.classes), row_labels=rows, scale=2 if images.shape[-1] < 128 else 1
-        ).save(out / "grid.png")
-        args = self.args
-        settings = {
-            "ckpt": str(self.source.path),
-            "model": str(self.source.model_dir),
-            "kind": self.source.kind,
-            "objective": pipe.objective,
-            "scheduler": type(pipe.scheduler).__name__,
-            "steps": self.steps,
-            "cfg": self.guidance.scale,
-            "cfg_channels": args.cfg_channels,
-            "cfg_interval": list(self.guidance.interval),
-            "vae": args.vae
-            or self.source.vae_spec()
-            or (str(self.source.path / "vae") if pipe.vae is not None else "identity"),
-            "seed": args.seed,
-            "classes": self.classes,
-            "num_per_class": args.num,
-            "dtype": args.dtype,
-            "num_processes": num_processes,
-        }
-        (out / "settings.json").write_text(json.dumps(settings, indent=2))
-        print(
-            f"Wrote {self.total} samples ({len(self.classes)} classes x {args.num}), grid.png and settings.json to {out}"
-        )
+    return generate(
+        pipe,
+        [plan.label(i) for i in range(plan.total)],
+        indices,
+        seed=plan.seed,
+        batch_size=plan.batch_size,
+        steps=plan.sampling.steps,
+        guidance=plan.sampling.guidance,
+        output_type="pt",
+        progress="sampling" if progress else None,
+        on_batch=save if out is not None else None,
+    )
+
+
+def write_summary(plan: SamplePlan, pipe, images: torch.Tensor, num_processes: int) -> None:
+    """grid.png (one row per class) and settings.json, which records how the samples were made, in `plan.out`."""
+    from sdtgen.diffusion.sampling import default_steps
+    from sdtgen.generation import grid_image, to_uint8
+
+    source, guidance = plan.source, plan.sampling.guidance
+    names = source.class_names
+    rows = [names[c] if names else str(c) for c in plan.classes]  # as the trainer's grids
+    grid_image(
+        to_uint8(images), rows=len(plan.classes), row_labels=rows, scale=2 if images.shape[-1] < 128 else 1
+    ).save(plan.out / "grid.png")
+    settings = {
+        "ckpt": str(source.path),
+        "model": str(source.model_dir),
+        "kind": source.kind,
+        "objective": pipe.objective,
+        "scheduler": type(pipe.scheduler).__name__,
+        "steps": default_steps(pipe.scheduler) if plan.sampling.steps is None else plan.sampling.steps,
+        "cfg": guidance.scale,
+        "cfg_channels": guidance.channels,
+        "cfg_interval": list(guidance.interval),
+        "vae": plan.vae or source.vae_spec() or (str(source.path / "vae") if pipe.vae is not None else "identity"),
+        "seed": plan.seed,
+        "classes": list(plan.classes),
+        "num_per_class": plan.num,
+        "dtype": plan.dtype,
+        "num_processes": num_processes,
+    }
+    (plan.out / "settings.json").write_text(json.dumps(settings, indent=2))
+    print(
+        f"Wrote {plan.total} samples ({len(plan.classes)} classes x {plan.num}), grid.png and settings.json "
+        f"to {plan.out}"
+    )

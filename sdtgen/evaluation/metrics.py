@@ -5,15 +5,19 @@ Features come from a torch-fidelity feature extractor (default: sdtgen's built-i
 wraps image tensors as torch-fidelity inputs, caches the reference features of the
 built-in dataset on disk, and records what produced each number (see ``provenance``).
 
-Two kinds of reference:
+Scoring is two steps: the reference's features, then the metrics of the samples' features
+against them (:func:`metrics_from_features`, which sees no image). A reference is
 
-- :func:`compute_metrics`: reference images (a uint8 tensor, or ``"animals"`` = the
-  built-in training split, whose features are cached under a fingerprint of the
-  extractor weights and the data).
-- :func:`fid_against_npz`: a reference batch ``.npz`` holding precomputed ``mu`` and
-  ``sigma`` (ADM's ImageNet batches); only FID can be computed from those. ADM's batches
-  also hold reference images: ``compute_metrics(..., fid_statistics=npz)`` takes FID from
-  the statistics and the other metrics from the images, extracting each set's features once.
+- ``"animals"``, the built-in training split, whose features are cached under a
+  fingerprint of the extractor weights and the data (:func:`builtin_reference_features`);
+- uint8 reference images (:func:`reference_features` resolves either);
+- a reference batch ``.npz`` holding precomputed ``mu`` and ``sigma`` (ADM's ImageNet
+  batches, :func:`load_npz_statistics`), from which only FID can be computed
+  (:func:`fid_against_npz`). ADM's batches also hold reference images:
+  ``compute_metrics(..., fid_statistics=npz)`` takes FID from the statistics and the other
+  metrics from the images, extracting each set's features once.
+
+:func:`compute_metrics` does both steps from images.
 """
 
 from __future__ import annotations
@@ -231,6 +235,28 @@ def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor) -> tuple[dic
     return accuracy, {ANIMAL_CLASSES[c]: int(counts[c]) for c in present}
 
 
+def reference_features(
+    reference: str | torch.Tensor | np.ndarray,
+    feature_extractor: str,
+    feature: str,
+    weights_sha256: str | None,
+    cache_dir: Path | None = None,
+    **extractor_kwargs: Any,
+) -> tuple[torch.Tensor, str]:
+    """Features ``feature`` (M, D) of ``reference`` and a description of it.
+
+    ``reference``: ``"animals"`` (the built-in training split, see
+    :func:`builtin_reference_features`) or uint8 images, NCHW or NHWC.
+    """
+    if isinstance(reference, str):
+        if reference != BUILTIN_REFERENCE:
+            raise ValueError(f"unknown reference {reference!r}; use {BUILTIN_REFERENCE!r} or uint8 images")
+        return builtin_reference_features(feature_extractor, feature, weights_sha256, cache_dir, **extractor_kwargs)
+    images = to_nchw_uint8(reference)
+    features = extract_features(images, feature_extractor, [feature], **extractor_kwargs)[feature]
+    return features, f"{len(images)} user-supplied images"
+
+
 def compute_metrics(
     samples: torch.Tensor | np.ndarray,
     sample_labels: torch.Tensor | np.ndarray | None = None,
@@ -248,16 +274,12 @@ def compute_metrics(
     ``samples``: uint8 images, NCHW or NHWC. ``sample_labels``: the class each sample was
     generated for; gives ``class_accuracy`` (fraction the built-in classifier assigns to
     that class), which only the built-in extractor can judge. ``reference``: ``"animals"``
-    (training split, cached features) or uint8 images. ``kid_subset_size`` defaults to
-    min(1000, both set sizes). ``seed`` fixes IS's shuffle and KID's subsets.
-    ``fid_statistics``: a reference batch ``.npz`` whose precomputed ``mu``/``sigma`` are
-    FID's reference instead of ``reference`` (see :func:`fid_against_npz`). Returns
-    ``fid``, ``is``, ``is_std``, ``kid``, ``kid_std``, ``precision``, ``recall``,
-    ``class_accuracy``, ``class_accuracy_per_class`` and ``class_counts`` (all three None
-    without labels or with another extractor; see :func:`per_class_accuracy`) and
-    ``provenance``. ``fid_and_accuracy_only`` leaves IS, KID and precision/recall out (None):
-    evaluations during training print FID and class accuracy alone, and precision/recall's
-    nearest neighbours among 9,000 reference images cost more than the rest together.
+    (training split, cached features) or uint8 images. ``fid_statistics``: a reference
+    batch ``.npz`` whose precomputed ``mu``/``sigma`` are FID's reference instead of
+    ``reference`` (see :func:`fid_against_npz`). ``kid_subset_size``, ``seed`` and
+    ``fid_and_accuracy_only``: see :func:`metrics_from_features`, which computes the numbers
+    from the features extracted here. Returns its metrics, with the ``provenance`` of the
+    extractor and the reference added.
     """
     samples = to_nchw_uint8(samples)
     npz = None if fid_statistics is None else load_npz_statistics(fid_statistics)
@@ -266,48 +288,79 @@ def compute_metrics(
     logits_layer = _default_layer(feature_extractor, "isc")
     kwargs = {"feature_extractor_weights_path": feature_extractor_weights_path}
     weights_sha = extractor_weights_sha256(feature_extractor, feature_extractor_weights_path)
-
-    if isinstance(reference, str):
-        if reference != BUILTIN_REFERENCE:
-            raise ValueError(f"unknown reference {reference!r}; use {BUILTIN_REFERENCE!r} or uint8 images")
-        reference_features, description = builtin_reference_features(
-            feature_extractor, layer, weights_sha, cache_dir, **kwargs
-        )
-    else:
-        reference_images = to_nchw_uint8(reference)
-        reference_features = extract_features(reference_images, feature_extractor, [layer], **kwargs)[layer]
-        description = f"{len(reference_images)} user-supplied images"
-
+    reference, description = reference_features(reference, feature_extractor, layer, weights_sha, cache_dir, **kwargs)
     features = extract_features(samples, feature_extractor, sorted({layer, logits_layer}), **kwargs)
-    subset = kid_subset_size or min(DEFAULT_KID_SUBSET_SIZE, len(samples), len(reference_features))
-    if not 1 < subset <= min(len(samples), len(reference_features)):
-        raise ValueError(
-            f"kid_subset_size must be in [2, {min(len(samples), len(reference_features))}] "
-            f"(the smaller set size), got {subset}"
-        )
+    if npz is not None:
+        _check_dimension(npz, features[layer], feature_extractor, layer)
+    scores = metrics_from_features(
+        features[layer],
+        features[logits_layer],
+        reference,
+        labels if feature_extractor == feature_net.EXTRACTOR_NAME else None,  # only its logits are of these classes
+        kid_subset_size=kid_subset_size,
+        seed=seed,
+        fid_statistics=npz,
+        fid_and_accuracy_only=fid_and_accuracy_only,
+    )
+    scores["provenance"] = {
+        **_extractor_provenance(feature_extractor, weights_sha, layer, len(samples)),
+        "isc_feature": logits_layer,
+        "reference": description,
+        **scores["provenance"],
+    }
+    return scores
 
-    if npz is None:
+
+def metrics_from_features(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    reference: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    kid_subset_size: int | None = None,
+    seed: int = 2020,
+    fid_statistics: NpzStatistics | None = None,
+    fid_and_accuracy_only: bool = False,
+) -> dict[str, Any]:
+    """FID, IS, KID, precision/recall and class accuracy of generated features against reference features.
+
+    ``features`` (N, D): the samples' features of FID's layer, which KID and precision/recall
+    use too; ``reference`` (M, D): the reference's, of the same layer; ``logits`` (N, K): the
+    samples' features of IS's layer. ``labels`` (N,): integer class ids of the built-in set,
+    given only when ``logits`` are the built-in classifier's: ``class_accuracy`` is the
+    fraction of samples whose largest logit is their class, ``class_accuracy_per_class`` and
+    ``class_counts`` that of each class (see :func:`per_class_accuracy`); all three are None
+    without labels. ``kid_subset_size`` defaults to min(1000, N, M). ``seed`` fixes IS's
+    shuffle and KID's subsets. ``fid_statistics``: precomputed D-dimensional statistics that
+    are FID's reference instead of ``reference``. ``fid_and_accuracy_only`` leaves IS, KID and
+    precision/recall out (None): evaluations during training print FID and class accuracy
+    alone, and precision/recall's nearest neighbours among 9,000 reference images cost more
+    than the rest together. Returns ``fid``, ``is``, ``is_std``, ``kid``, ``kid_std``,
+    ``precision``, ``recall``, the three class accuracies, and the settings chosen here as
+    ``provenance``.
+    """
+    subset = kid_subset_size or min(DEFAULT_KID_SUBSET_SIZE, len(features), len(reference))
+    if not 1 < subset <= min(len(features), len(reference)):
+        raise ValueError(
+            f"kid_subset_size must be in [2, {min(len(features), len(reference))}] (the smaller set size), got {subset}"
+        )
+    if fid_statistics is None:
         fid = fid_statistics_to_metric(
-            fid_features_to_statistics(features[layer]), fid_features_to_statistics(reference_features), verbose=False
+            fid_features_to_statistics(features), fid_features_to_statistics(reference), verbose=False
         )
     else:
-        fid = _fid_against_statistics(features[layer], npz, feature_extractor, layer)
-    splits = min(ISC_SPLITS, len(samples))  # torch-fidelity returns NaN for a split with no sample
+        fid = _fid_against_statistics(features, fid_statistics)
+    splits = min(ISC_SPLITS, len(features))  # torch-fidelity returns NaN for a split with no sample
     extras = dict.fromkeys(("is", "is_std", "kid", "kid_std", "precision", "recall"))
     if not fid_and_accuracy_only:
-        isc = isc_features_to_metric(features[logits_layer], splits=splits, rng_seed=seed)
+        isc = isc_features_to_metric(logits, splits=splits, rng_seed=seed)
         kid = kid_features_to_metric(
-            features[layer],
-            reference_features,
-            kid_subsets=KID_SUBSETS,
-            kid_subset_size=subset,
-            rng_seed=seed,
-            verbose=False,
+            features, reference, kid_subsets=KID_SUBSETS, kid_subset_size=subset, rng_seed=seed, verbose=False
         )
         # torch-fidelity's convention: input 1 is generated, input 2 is real.
         prc = prc_features_to_metric(
-            features[layer],
-            reference_features,
+            features,
+            reference,
             prc_neighborhood=PRC_NEIGHBORHOOD,
             prc_batch_size=_PRC_BATCH,
             save_cpu_ram=True,
@@ -323,24 +376,21 @@ def compute_metrics(
         }
 
     class_accuracy = per_class = class_counts = None
-    if labels is not None and feature_extractor == feature_net.EXTRACTOR_NAME:
-        correct = features[logits_layer].argmax(dim=1) == labels
+    if labels is not None:
+        correct = logits.argmax(dim=1) == labels
         class_accuracy = correct.float().mean().item()
         per_class, class_counts = per_class_accuracy(correct, labels)
 
     provenance = {
-        **_extractor_provenance(feature_extractor, weights_sha, layer, len(samples)),
-        "isc_feature": logits_layer,
-        "reference": description,
-        "num_reference": len(reference_features),
+        "num_reference": len(reference),
         "kid_subset_size": subset,
         "kid_subsets": KID_SUBSETS,
         "isc_splits": splits,
         "prc_neighborhood": PRC_NEIGHBORHOOD,
         "seed": seed,
     }
-    if npz is not None:
-        provenance["fid_reference"] = npz.description
+    if fid_statistics is not None:
+        provenance["fid_reference"] = fid_statistics.description
     return {
         "fid": fid["frechet_inception_distance"],
         **extras,
@@ -374,15 +424,17 @@ def load_npz_statistics(npz_path: str | Path) -> NpzStatistics:
     return NpzStatistics(npz_path, mu, sigma, f"precomputed mu/sigma of {npz_path.name} (sha256 {digest[:16]})")
 
 
-def _fid_against_statistics(
-    features: torch.Tensor, npz: NpzStatistics, feature_extractor: str, layer: str
-) -> dict[str, Any]:
-    """torch-fidelity's FID result for ``features`` against the statistics of ``npz``."""
+def _check_dimension(npz: NpzStatistics, features: torch.Tensor, feature_extractor: str, layer: str) -> None:
+    """ValueError unless the statistics of ``npz`` have the dimension of ``features`` (``layer`` of the extractor)."""
     if features.shape[1] != npz.mu.shape[0]:
         raise ValueError(
             f"{npz.path} has {npz.mu.shape[0]}-d statistics but {feature_extractor!r} "
             f"gives {features.shape[1]}-d {layer!r} features"
         )
+
+
+def _fid_against_statistics(features: torch.Tensor, npz: NpzStatistics) -> dict[str, Any]:
+    """torch-fidelity's FID result for ``features`` against the statistics of ``npz``."""
     statistics = {key: value.astype(np.float64) for key, value in fid_features_to_statistics(features).items()}
     return fid_statistics_to_metric(statistics, {"mu": npz.mu, "sigma": npz.sigma}, verbose=False)
 
@@ -406,7 +458,8 @@ def fid_against_npz(
     features = extract_features(
         samples, feature_extractor, [layer], feature_extractor_weights_path=feature_extractor_weights_path
     )[layer]
-    fid = _fid_against_statistics(features, npz, feature_extractor, layer)["frechet_inception_distance"]
+    _check_dimension(npz, features, feature_extractor, layer)
+    fid = _fid_against_statistics(features, npz)["frechet_inception_distance"]
     weights_sha = extractor_weights_sha256(feature_extractor, feature_extractor_weights_path)
     return {
         "fid": fid,

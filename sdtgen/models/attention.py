@@ -25,6 +25,7 @@ from sdtgen.models.backends import decomposed_grid_attention, grid_attention, re
 from sdtgen.models.decay import rmt_gammas
 
 ATTENTION_VARIANTS = ("vanilla", "fixed", "learned-fixed", "sdt", "sdt-decomposed")
+DECAY_VARIANTS = tuple(variant for variant in ATTENTION_VARIANTS if variant != "vanilla")  # those with a decay
 CONTENT_GATED = ("sdt", "sdt-decomposed")
 
 
@@ -58,7 +59,7 @@ class SpatialDecayAttention(nn.Module):
         dim: token width C.
         num_heads: H; the head size is C / H.
         attention: one of ATTENTION_VARIANTS.
-        backend: "auto", "math", "sdpa" or "flex" (see sdtgen.models.backends).
+        backend: one of sdtgen.models.backends.BACKENDS ("auto" picks per call).
         decay_init, decay_range: RMT's schedule gamma_h = 1 - 2 ** (-init - range * h / H).
         decay_scale_init: multiplies the initial log decay: 1.0 trains from scratch; a small
             value (e.g. 1e-4) warm-starts from a plain DiT with a near-zero but trainable decay.
@@ -142,11 +143,11 @@ class SpatialDecayAttention(nn.Module):
         if self.attention == "vanilla":
             return None
         if self.attention == "fixed":
-            return self.log_gamma.view(1, -1, 1).expand(1, -1, x.shape[1])
+            return self.log_gamma.view(1, -1, 1).expand(1, -1, x.shape[1])  # (1, H, N)
         if self.attention == "learned-fixed":
-            return F.logsigmoid(self.decay_logit).view(1, -1, 1).expand(1, -1, x.shape[1])
+            return F.logsigmoid(self.decay_logit).view(1, -1, 1).expand(1, -1, x.shape[1])  # (1, H, N)
         gate_log = F.logsigmoid(self.gate(x).float())  # (B, N, H), G <= 0
-        return (self.alpha.abs().float()[:, None] * gate_log.transpose(1, 2)).to(x.dtype)
+        return (self.alpha.abs().float()[:, None] * gate_log.transpose(1, 2)).to(x.dtype)  # (B, H, N)
 
     def resolved_backend(self, device: torch.device, tokens: int, dtype: torch.dtype = torch.float32) -> str:
         return resolve_backend(
@@ -154,20 +155,21 @@ class SpatialDecayAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        batch, tokens, dim = x.shape
-        q, k, v = self.qkv(x).view(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        batch, tokens, dim = x.shape  # (B, N, C)
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # each (B, H, N, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope:
             q, k = apply_rope_2d(q, grid), apply_rope_2d(k, grid)
-        lam = self.log_decay(x)
+        lam = self.log_decay(x)  # (B or 1, H, N), or None
         backend = self.resolved_backend(x.device, tokens, q.dtype)
         if self.attention == "sdt-decomposed":
-            out = decomposed_grid_attention(q, k, v, lam, grid, backend)
+            out = decomposed_grid_attention(q, k, v, lam, grid, backend)  # (B, H, N, D)
         else:
-            out = grid_attention(q, k, v, lam, grid, backend)
-        out = out.transpose(1, 2).reshape(batch, tokens, dim)
+            out = grid_attention(q, k, v, lam, grid, backend)  # (B, H, N, D)
+        out = out.transpose(1, 2).reshape(batch, tokens, dim)  # (B, N, C)
         if self.lepe is not None:
+            # v as a (B, C, h, w) image for the depth-wise convolution
             image = v.transpose(1, 2).reshape(batch, tokens, dim).transpose(1, 2).reshape(batch, dim, *grid)
-            out = out + self.lepe(image).flatten(2).transpose(1, 2)
+            out = out + self.lepe(image).flatten(2).transpose(1, 2)  # (B, N, C)
         return self.proj(out)

@@ -34,14 +34,14 @@ def attention_math(
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, N, N)
     if lam is not None:
         # Built in the scores' dtype: under bf16 autocast no (B, H, N, N) float32 tensor or conversion.
-        scores = scores + decay_bias(lam.to(scores.dtype), grid)
-    return scores.softmax(dim=-1) @ v
+        scores = scores + decay_bias(lam.to(scores.dtype), grid)  # (B, H, N, N)
+    return scores.softmax(dim=-1) @ v  # (B, H, N, D)
 
 
 def attention_sdpa(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None, grid: Grid
 ) -> torch.Tensor:
-    mask = None if lam is None else decay_bias(lam.to(q.dtype), grid)
+    mask = None if lam is None else decay_bias(lam.to(q.dtype), grid)  # (B or 1, H, N, N)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -115,16 +115,15 @@ _BACKEND_FUNCTIONS = {
 }
 
 
-# `auto` on CPU, from benchmarks/bench_model.py (docs/benchmarks.md: training steps on a
-# 2-core AVX2 CPU, fp32, x vanilla). Folding widens attention (head 64 -> 96 at 64 tokens,
-# 128 at 256, 192 at 1024); it pays only where the mask needs a gradient and its N x N
-# traffic dominates. learned-fixed: mask 0.98 vs folded 1.09 (64 tokens), 1.09 vs 1.04
-# (256), 1.51 vs 1.28 (1024); sdt: 1.07 vs 1.12, 1.13 vs 1.22, 1.76 vs 1.63. A mask without
-# gradient (fixed) stays on SDPA's fused kernel and always wins (1.00 vs 1.26 at 1024), as
-# does sdt-decomposed, whose lines of <= 32 tokens make small masks (0.79 vs 1.02 at 1024).
+# `auto` on CPU in fp32: the crossovers measured by benchmarks/bench_model.py (docs/benchmarks.md,
+# "What auto picks"). Folding widens each head by up to 2 (h + w) features, so it pays only
+# where the mask needs a gradient and its N x N traffic outweighs the wider kernel. A mask
+# without gradient (fixed) stays on SDPA's fused kernel, and so does sdt-decomposed, whose
+# row and column lines make small masks.
 _CPU_FOLDED_FROM_TOKENS = {"learned-fixed": 256, "sdt": 1024}
 # Training in bf16 on CPU, the plain matmul-softmax-matmul beats SDPA's CPU kernels for every
-# variant, plain attention included, up to 256 tokens (docs/benchmarks.md, "What auto picks").
+# variant, plain attention included, up to the largest grid measured; beyond it the fp32 rule
+# holds (docs/benchmarks.md).
 _CPU_BF16_MATH_UP_TO_TOKENS = 256
 
 

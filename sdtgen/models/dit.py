@@ -108,8 +108,8 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # each (B, C)
+        return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, N, p * p * out_channels)
 
 
 class SDTDiT(ModelMixin, ConfigMixin):
@@ -249,7 +249,7 @@ class SDTDiT(ModelMixin, ConfigMixin):
             nn.init.zeros_(layer.bias)
 
     def set_attention_backend(self, backend: str) -> None:
-        """Switch every block to "auto", "math", "sdpa" or "flex" (recorded in the config)."""
+        """Switch every block to one of sdtgen.models.backends.BACKENDS (recorded in the config)."""
         for block in self.blocks:
             block.attn.backend = backend
         self.register_to_config(attention_backend=backend)
@@ -258,8 +258,8 @@ class SDTDiT(ModelMixin, ConfigMixin):
         """(B, N, p * p * C) tokens back to (B, C, H, W) images."""
         p, c = self.config.patch_size, self.out_channels
         h, w = self.grid
-        x = x.reshape(x.shape[0], h, w, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
+        x = x.reshape(x.shape[0], h, w, p, p, c)  # (B, h, w, p, p, C)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)  # (B, C, h * p, w * p)
 
     def _check_inputs(self, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -303,7 +303,7 @@ class SDTDiT(ModelMixin, ConfigMixin):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The prediction (B, out_channels, H, W); with `features_after=k` also the tokens
         (B, N, hidden_size) after the first k blocks, for representation losses."""
-        timesteps = self._check_inputs(x, timesteps, class_labels)
+        timesteps = self._check_inputs(x, timesteps, class_labels)  # (B,)
         tokens = self.x_embedder(x) + self.pos_embed  # (B, N, C)
         c = self.t_embedder(timesteps) + self.y_embedder(class_labels)  # (B, C)
         features = None
@@ -311,7 +311,7 @@ class SDTDiT(ModelMixin, ConfigMixin):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 tokens = self._gradient_checkpointing_func(block, tokens, c, self.grid)
             else:
-                tokens = block(tokens, c, self.grid)
+                tokens = block(tokens, c, self.grid)  # (B, N, C)
             if index + 1 == features_after:
                 features = tokens
         out = self.unpatchify(self.final_layer(tokens, c))  # (B, out_channels, H, W)

@@ -6,12 +6,12 @@ Layout of `<output_dir>/checkpoints/checkpoint-<step>/`:
     training_model.safetensors   the raw (non-EMA) weights being trained
     optimizer.pt           optimizer state (and fp16 grad-scaler state), torch.save of
                            tensors and numbers only, loaded with weights_only=True
-    rng.safetensors        torch's global CPU / CUDA RNG states (training itself draws
-                           none from them; kept for code that does)
     trainer_state.json     step, samples seen, config fingerprint
 
 The step's data and random draws are functions of (seed, step) (training/randomness.py), so
-the step alone restores the data position.
+the step alone restores the data position and every random number; nothing training computes
+depends on torch's global generators, so no checkpoint holds their states. Checkpoints of
+older versions also hold `rng.safetensors` (those states); resuming ignores it.
 
 Crash safety: a save writes `.tmp-checkpoint-<step>/`, trainer_state.json last (so its
 presence marks the copy complete), syncs it, and renames it to `checkpoint-<step>`. Re-saving
@@ -152,7 +152,6 @@ def save_checkpoint(
             {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None},
             tmp / "optimizer.pt",
         )
-        save_file(_rng_states(), tmp / "rng.safetensors")
         _fsync_tree(tmp)
         _write_synced(tmp / TRAINER_STATE_FILE, json.dumps(trainer_state, indent=2))
         _swap_in(tmp, final)
@@ -192,22 +191,6 @@ def _delete(checkpoint: Path) -> None:
     doomed = _prefixed(checkpoint, _DOOMED_PREFIX)
     if _rename(checkpoint, doomed):
         shutil.rmtree(doomed, ignore_errors=True)
-
-
-def _rng_states() -> dict[str, torch.Tensor]:
-    states = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states.update({f"cuda{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
-    return states
-
-
-def restore_rng_state(checkpoint: Path) -> None:
-    with _readable(checkpoint):
-        states = load_file(checkpoint / "rng.safetensors")
-    torch.set_rng_state(states.pop("cpu"))
-    cuda_states = [states[f"cuda{i}"] for i in range(len(states))]
-    if torch.cuda.is_available() and cuda_states:
-        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
 
 
 def load_training_state(checkpoint: Path) -> tuple[dict, dict, dict, dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -10,6 +9,7 @@ import torch
 from sdtgen.diffusion.sampling import Guidance
 from sdtgen.generation import generate, grid_image
 from sdtgen.pipeline import SDTPipeline
+from sdtgen.runs import read_log
 from sdtgen.vae import LatentVAE
 
 
@@ -52,7 +52,7 @@ def save_loss_plot(log_path: Path, out_path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    records = read_log(log_path)
     if not records:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)

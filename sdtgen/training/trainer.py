@@ -10,6 +10,7 @@ global batch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
-from sdtgen.config import RunConfig, config_to_dict, save_config
+from sdtgen.config import RunConfig, TrainConfig, config_to_dict, save_config
 from sdtgen.diffusion import make_objective
 from sdtgen.distributed import process_state
 from sdtgen.models.dit import SDTDiT
@@ -33,6 +34,7 @@ from sdtgen.runs import (
     LOG_FILE,
     TRAINER_STATE_FILE,
     checkpoint_name,
+    read_log,
 )
 from sdtgen.training import checkpoint as ckpt
 from sdtgen.training.data import prepare_training_data
@@ -42,6 +44,30 @@ from sdtgen.training.randomness import EpochOrder, StepKeys, StepRandomness, dra
 from sdtgen.training.reporting import save_loss_plot, save_sample_grid
 from sdtgen.training.representation import dispersive_loss, load_encoder, repa_loss
 from sdtgen.training.run_lock import hold_run_folder
+
+LOSS_PLOT = "loss.png"  # the last file a run writes (after its final grid)
+
+
+def resolve_config(config: RunConfig, device: torch.device) -> RunConfig:
+    """The config a run on `device` trains with, and records in config.yaml and its checkpoints:
+    `config` with `train.mixed_precision=auto` resolved (training/precision.py). `config` is left as given."""
+    precision = resolve_mixed_precision(config.train.mixed_precision, device)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=precision))
+
+
+def split_global_batch(train: TrainConfig, num_processes: int, rank: int) -> tuple[int, slice, int]:
+    """(share, positions, micro): the samples per process, where process `rank`'s share sits in the
+    global batch, and the micro-batch it accumulates gradients over."""
+    if train.global_batch_size % num_processes:
+        raise ValueError(
+            f"train.global_batch_size={train.global_batch_size} must divide evenly over {num_processes} processes; "
+            f"use a multiple of {num_processes}."
+        )
+    share = train.global_batch_size // num_processes
+    micro = train.micro_batch_size or share
+    if share % micro:
+        raise ValueError(f"Each process's share ({share}) must be a multiple of train.micro_batch_size={micro}.")
+    return share, slice(rank * share, (rank + 1) * share), micro
 
 
 def build_model(
@@ -118,90 +144,95 @@ def learning_rate(config: RunConfig, step: int) -> float:
     linear decay from `lr` at the first step after warm-up towards 0 at `max_steps`. Short runs gain most from the decay: the
     last steps average out the gradient noise a constant rate keeps injecting.
     """
-    t = config.train
-    if t.warmup_steps > 0 and step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.lr_schedule == "constant":
-        return t.lr
-    progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
-    if t.lr_schedule == "cosine":
-        return t.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return t.lr * (1.0 - progress)
+    train = config.train
+    if train.warmup_steps > 0 and step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    if train.lr_schedule == "constant":
+        return train.lr
+    progress = min(1.0, (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps))
+    if train.lr_schedule == "cosine":
+        return train.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return train.lr * (1.0 - progress)
 
 
 class Trainer:
-    """Owns one run folder; `Trainer(config).train()` runs or resumes it to train.max_steps."""
+    """Owns one run folder; `Trainer(config).train()` runs or resumes it to train.max_steps.
+
+    `self.config` is the resolved config (`resolve_config`); the `config` passed in is not changed.
+    """
 
     def __init__(self, config: RunConfig) -> None:
-        self.config = config
-        t = config.train
+        # The process: its device, precision and part of each global batch.
         # process_state() also stops a CPU launch whose processes did not join into one job.
-        t.mixed_precision = resolve_mixed_precision(t.mixed_precision, process_state().device)  # config.yaml records it
+        config = self.config = resolve_config(config, process_state().device)
+        train = config.train
         self.accelerator = Accelerator(
-            mixed_precision=t.mixed_precision, log_with=_tensorboard_if_installed(), project_dir=config.output_dir
+            mixed_precision=train.mixed_precision, log_with=_tensorboard_if_installed(), project_dir=config.output_dir
         )
         self.device = self.accelerator.device
-        if config.model.attention_backend == "flex" and self.device.type == "cpu":  # found before the data is prepared
-            raise ValueError(
-                "model.attention_backend=flex cannot train on CPU (FlexAttention has no CPU backward in this torch); "
-                "use auto or sdpa, or train on a GPU."
-            )
-        if self.device.type == "cuda" and t.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        if self.device.type == "cpu":
-            # `accelerate launch` pins OMP_NUM_THREADS=1, which halves a laptop's throughput;
-            # share the cores among the processes instead.
-            torch.set_num_threads(t.cpu_threads or max(1, (os.cpu_count() or 1) // self.accelerator.num_processes))
-        set_seed(config.seed)  # for third-party code; sdtgen's own draws use the streams below
+        self._configure_torch()
+        set_seed(config.seed)  # for third-party code; sdtgen's own draws use training/randomness.py's streams
         self.out = Path(config.output_dir)
         self.checkpoints = self.out / CHECKPOINTS_DIR
-        world = self.accelerator.num_processes
-        if t.global_batch_size % world:
-            raise ValueError(
-                f"train.global_batch_size={t.global_batch_size} must divide evenly over {world} processes; "
-                f"use a multiple of {world}."
-            )
-        self.share = t.global_batch_size // world
-        rank = self.accelerator.process_index
-        self.positions = slice(rank * self.share, (rank + 1) * self.share)  # this process's part of each global batch
-        self.micro = t.micro_batch_size or self.share
-        if self.share % self.micro:
-            raise ValueError(
-                f"Each process's share ({self.share}) must be a multiple of train.micro_batch_size={self.micro}."
-            )
+        self.share, self.positions, self.micro = split_global_batch(
+            train, self.accelerator.num_processes, self.accelerator.process_index
+        )
 
+        # The data, the model and what trains it.
         self.data, self.vae = prepare_training_data(config, self.accelerator)
-        self.repa_encoder = load_encoder(t.repa_encoder).to(self.device) if t.repa_weight else None
-        projector_dim = self._encoder_width() if self.repa_encoder is not None else 0
-        # Initialise from a generator of the seed alone: extracting the latent cache first (or
-        # not) draws from the global one, and the model must not depend on that.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed(config.seed))
-            model = build_model(config, len(self.data.class_names), self.data.latent_shape, projector_dim)
-        if self.repa_encoder is not None and model.projector is None:
-            raise ValueError("train.repa_weight > 0 needs a model with REPA's projector; model.pretrained has none.")
-        self.representation_depth = t.representation_depth or max(1, model.config.depth // 3)
-        if self.representation_depth > model.config.depth:
-            raise ValueError(
-                f"train.representation_depth={self.representation_depth} is deeper than the model ({model.config.depth} blocks)."
-            )
+        self.repa_encoder = load_encoder(train.repa_encoder).to(self.device) if train.repa_weight else None
+        model = self._init_model()
         self.objective = build_objective(config, model.config.learn_sigma)
         if hasattr(self.objective, "to"):
             self.objective.to(self.device)
         model.to(self.device)
-        self.ema = EMA(model, t.ema_decay, t.ema_warmup, t.ema_std)
+        self.ema = EMA(model, train.ema_decay, train.ema_warmup, train.ema_std)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        optimizer = torch.optim.AdamW(trainable, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+
+        # Resume, then hand the model and optimizer to Accelerate.
         self.start_step, scaler_state = 0, None
-        resume_from = ckpt.resolve_resume(t.resume, self.checkpoints)
+        resume_from = ckpt.resolve_resume(train.resume, self.checkpoints)
         if resume_from is not None:
             self.start_step, scaler_state = self._restore(resume_from, model, optimizer)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if scaler_state is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(scaler_state)
-        self.forward = torch.compile(self.model) if t.compile else self.model
-        self.order = EpochOrder(len(self.data.dataset), t.global_batch_size, config.seed)
+        self.forward = torch.compile(self.model) if train.compile else self.model
+        self.order = EpochOrder(len(self.data.dataset), train.global_batch_size, config.seed)
+
+    def _configure_torch(self) -> None:
+        """Refuse what this device cannot train, before the data is prepared; set its matmul precision and threads."""
+        if self.config.model.attention_backend == "flex" and self.device.type == "cpu":
+            raise ValueError(
+                "model.attention_backend=flex cannot train on CPU (FlexAttention has no CPU backward in this torch); "
+                "use auto or sdpa, or train on a GPU."
+            )
+        if self.device.type == "cuda" and self.config.train.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cpu":
+            # `accelerate launch` pins OMP_NUM_THREADS=1, which halves a laptop's throughput;
+            # share the cores among the processes instead.
+            threads = self.config.train.cpu_threads
+            torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // self.accelerator.num_processes))
+
+    def _init_model(self) -> SDTDiT:
+        """The model to train (with REPA's projector when REPA is on); sets `representation_depth`."""
+        projector_dim = self._encoder_width() if self.repa_encoder is not None else 0
+        # Initialise from a generator of the seed alone: extracting the latent cache first (or
+        # not) draws from the global one, and the model must not depend on that.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed(self.config.seed))
+            model = build_model(self.config, len(self.data.class_names), self.data.latent_shape, projector_dim)
+        if self.repa_encoder is not None and model.projector is None:
+            raise ValueError("train.repa_weight > 0 needs a model with REPA's projector; model.pretrained has none.")
+        self.representation_depth = self.config.train.representation_depth or max(1, model.config.depth // 3)
+        if self.representation_depth > model.config.depth:
+            raise ValueError(
+                f"train.representation_depth={self.representation_depth} is deeper than the model ({model.config.depth} blocks)."
+            )
+        return model
 
     def _encoder_width(self) -> int:
         """The REPA encoder's feature width, read from one zero latent's decoded image."""
@@ -210,7 +241,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def _restore(self, checkpoint: Path, model: SDTDiT, optimizer: torch.optim.Optimizer) -> tuple[int, dict | None]:
-        """Load weights, EMA, optimizer and RNG of `checkpoint`; return (step, grad-scaler state)."""
+        """Load weights, EMA and optimizer of `checkpoint`; return (step, grad-scaler state)."""
         weights, ema_weights, optim, state = ckpt.load_training_state(checkpoint)
         try:
             model.load_state_dict(weights)
@@ -222,7 +253,6 @@ class Trainer:
             ) from None
         optimizer.load_state_dict(optim["optimizer"])
         self.ema.model.load_state_dict(ema_weights)
-        ckpt.restore_rng_state(checkpoint)
         if (
             state.get("global_batch_size") != self.config.train.global_batch_size
             or state.get("seed") != self.config.seed
@@ -264,12 +294,12 @@ class Trainer:
 
     # ---------------------------------------------------------------- the step
     def _randomness(self, step: int) -> StepRandomness:
-        cfg = self.config
+        config = self.config
         return draw_step_randomness(
             self.objective,
-            cfg.seed,
+            config.seed,
             step,
-            cfg.train.global_batch_size,
+            config.train.global_batch_size,
             self.data.latent_shape,
             self.accelerator.unwrap_model(self.model).config.class_dropout_prob,
             self.device,
@@ -279,9 +309,8 @@ class Trainer:
         """One optimizer step on this process's share of the global batch.
 
         Returns this process's loss sums and the gradient norm as device tensors, unread:
-        reading them waits for the device, so the loop does it only on steps that log.
+        reading them waits for the device, so the loop does it only on steps that use them.
         """
-        t = self.config.train
         mine = randomness.slice(self.positions)
         mean, logvar, labels = self.data.moments(batch, self.vae, self.device)
         null_class = self.accelerator.unwrap_model(self.model).config.num_classes
@@ -301,8 +330,8 @@ class Trainer:
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value.detach().float().sum()
         grad_norm = None
-        if t.grad_clip:
-            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        if self.config.train.grad_clip:
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.accelerator.unwrap_model(self.model), step)
@@ -314,8 +343,8 @@ class Trainer:
         self, x0: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, times: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """The objective's per-sample losses (B,), plus the representation losses that are on."""
-        t = self.config.train
-        if not (t.dispersive_weight or t.repa_weight):
+        train = self.config.train
+        if not (train.dispersive_weight or train.repa_weight):
             return self.objective.training_losses(self.forward, x0, labels, noise=noise, t=times)
         captured = []
 
@@ -326,15 +355,15 @@ class Trainer:
 
         losses = self.objective.training_losses(denoiser, x0, labels, noise=noise, t=times)
         features = captured[0]
-        if t.dispersive_weight:
+        if train.dispersive_weight:
             # A loss of the batch, not of a sample: each sample carries the batch's value.
-            losses["dispersive"] = dispersive_loss(features, t.dispersive_tau).expand(x0.shape[0])
-            losses["loss"] = losses["loss"] + t.dispersive_weight * losses["dispersive"]
-        if t.repa_weight:
+            losses["dispersive"] = dispersive_loss(features, train.dispersive_tau).expand(x0.shape[0])
+            losses["loss"] = losses["loss"] + train.dispersive_weight * losses["dispersive"]
+        if train.repa_weight:
             model = self.accelerator.unwrap_model(self.model)
             target = self.repa_encoder(self.vae.decode(x0.float()), model.grid)  # (B, N, D) of the clean images
             losses["repa"] = repa_loss(model.projector(features), target)
-            losses["loss"] = losses["loss"] + t.repa_weight * losses["repa"]
+            losses["loss"] = losses["loss"] + train.repa_weight * losses["repa"]
         return losses
 
     def read_stats(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -351,138 +380,174 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> Path:
-        cfg, t = self.config, self.config.train
+        """Train from the resumed step to train.max_steps, then draw the final grid and loss plot."""
+        config, train = self.config, self.config.train
         main = self.accelerator.is_main_process
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / CONFIG_FILE)
+            save_config(config, self.out / CONFIG_FILE)
             (self.out / CLASS_NAMES_FILE).write_text(json.dumps(self.data.class_names))
         self.accelerator.init_trackers("tensorboard")
         step = self.start_step
-        if step >= t.max_steps:
-            # A run killed after its final checkpoint but before its grid and loss plot finishes
-            # them now; the main process decides for all, as sample_grid waits for everyone.
-            written = [main and _final_outputs_written(self.out, self.checkpoints / checkpoint_name(step))]
-            broadcast_object_list(written)
-            if not written[0]:
-                self.sample_grid(step)
-                if main:
-                    save_loss_plot(self.out / LOG_FILE, self.out / "loss.png")
-            self.accelerator.print(
-                f"Nothing to do: the run is already at step {step} >= train.max_steps={t.max_steps}."
-                if written[0]
-                else f"The run is already at step {step}; wrote its missing sample grid and loss plot."
-            )
-            return self.out
+        if step >= train.max_steps:
+            return self._finish_trained_run()
         # The loader yields the batches of steps step, step + 1, ... in order (its keys are a
         # function of the step alone); the loop draws each step's other random numbers.
-        keys = StepKeys(self.order, step, t.max_steps, self.positions, self.device)
-        loader = self.data.loader(keys, num_workers=cfg.data.num_workers)
-        bar = tqdm(total=t.max_steps, initial=step, desc="training", disable=not main, dynamic_ncols=True)
-        window_start, window_images = time.perf_counter(), 0
-        log = open(self.out / LOG_FILE, "a") if main else None
+        keys = StepKeys(self.order, step, train.max_steps, self.positions, self.device)
+        loader = self.data.loader(keys, num_workers=config.data.num_workers)
+        bar = tqdm(total=train.max_steps, initial=step, desc="training", disable=not main, dynamic_ncols=True)
+        window_step, window_start = step, time.perf_counter()  # the steps the next report's speed covers
         for batch in loader:
             totals = self.train_step(step, batch, self._randomness(step))
             step += 1
-            window_images += t.global_batch_size
-            logging = step % t.log_every == 0 or step == t.max_steps or self._eval_due(step)
-            saving = step % t.checkpoint_every == 0 or step == t.max_steps
-            if logging or saving:  # reading the losses waits for the device: only when they are used
+            done = step == train.max_steps  # the loader's last batch: the loop ends after this step
+            evaluating = self._eval_due(step)
+            reporting = evaluating or done or step % train.log_every == 0
+            checkpointing = done or step % train.checkpoint_every == 0
+
+            # Read the losses: that waits for the device, so only on steps that use them. A
+            # non-finite loss stops the run here, before any checkpoint can hold it.
+            if reporting or checkpointing:
                 stats = self.read_stats(totals)
-                if not math.isfinite(stats["loss"]):  # checked before any save, so no checkpoint holds it
+                if not math.isfinite(stats["loss"]):
                     raise FloatingPointError(
                         f"Loss became {stats['loss']} at step {step}; lower train.lr, enable train.grad_clip or use bf16 with model.qk_norm=true."
                     )
-            if logging:
-                evaluation = self.evaluate(step) if self._eval_due(step) else {}
-                speed = window_images / (time.perf_counter() - window_start)
-                record = {
-                    "step": step,
-                    **{k: round(v, 6) for k, v in stats.items()},
-                    "lr": learning_rate(cfg, step - 1),
-                    "images_per_s": round(speed, 2),
-                    **evaluation,
-                }
-                self.accelerator.log(_tracker_scalars(record), step=step)
-                if log:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
+
+            # Report: evaluate, then log the step; the speed counts the evaluation's time.
+            if reporting:
+                scores = self.evaluate() if evaluating else None
+                speed = (step - window_step) * train.global_batch_size / (time.perf_counter() - window_start)
+                self._log(step, stats, speed, scores)
+                if scores is not None and done:
+                    for line in _final_score_lines(step, scores, train.eval_samples):
+                        tqdm.write(line)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{speed:.0f}")
-                window_start, window_images = time.perf_counter(), 0
+                window_step, window_start = step, time.perf_counter()
             bar.update(1)
-            if saving:
+
+            # Checkpoint.
+            if checkpointing:
                 self.save(step)
-            if t.sample_every and step % t.sample_every == 0 and step != t.max_steps:
+
+            # Sample grid; the final one follows the loop.
+            if train.sample_every and step % train.sample_every == 0 and not done:
                 self.sample_grid(step)
         bar.close()
-        if log:
-            log.close()
-        self.sample_grid(step)
-        if main:
-            save_loss_plot(self.out / LOG_FILE, self.out / "loss.png")
+        self._final_pictures(step)
         self.accelerator.end_training()
         return self.out
 
-    def _eval_due(self, step: int) -> bool:
-        t = self.config.train
-        if self.config.data.dataset != "animals":  # the built-in feature network only knows this set
-            return False
-        return bool((t.eval_every and step % t.eval_every == 0) or (t.final_eval and step == t.max_steps))
+    def _finish_trained_run(self) -> Path:
+        """A run resumed at train.max_steps trains nothing; one killed after its final checkpoint
+        but before its grid and loss plot draws them now."""
+        step = self.start_step
+        # The main process decides for all, as sample_grid waits for everyone.
+        drawn = [self.accelerator.is_main_process and self._final_pictures_drawn(step)]
+        broadcast_object_list(drawn)
+        if not drawn[0]:
+            self._final_pictures(step)
+        self.accelerator.print(
+            f"Nothing to do: the run is already at step {step} >= train.max_steps={self.config.train.max_steps}."
+            if drawn[0]
+            else f"The run is already at step {step}; wrote its missing sample grid and loss plot."
+        )
+        return self.out
 
-    def evaluate(self, step: int) -> dict[str, Any]:
-        """FID and class accuracy (overall and per class) of the EMA model on `train.eval_samples` class-balanced samples."""
-        metrics: dict[str, Any] = {}
+    def _final_pictures(self, step: int) -> None:
+        """The sample grid of `step`, then the loss plot: the last file a run writes."""
+        self.sample_grid(step)
         if self.accelerator.is_main_process:
-            from sdtgen.evaluation.evaluate import class_accuracy_lines, score_model
+            save_loss_plot(self.out / LOG_FILE, self.out / LOSS_PLOT)
 
-            s = self.config.sample
-            result = score_model(
+    def _final_pictures_drawn(self, step: int) -> bool:
+        """Whether the loss plot, the last file a run writes, is newer than the checkpoint of `step`."""
+        plot, state = self.out / LOSS_PLOT, self.checkpoints / checkpoint_name(step) / TRAINER_STATE_FILE
+        return plot.is_file() and (not state.is_file() or plot.stat().st_mtime >= state.stat().st_mtime)
+
+    def _eval_due(self, step: int) -> bool:
+        """Every train.eval_every steps and at the end (train.final_eval), on the built-in set only: the
+        built-in feature network knows no other."""
+        train = self.config.train
+        due = (train.eval_every and step % train.eval_every == 0) or (train.final_eval and step == train.max_steps)
+        return bool(due) and self.config.data.dataset == "animals"
+
+    def _log(self, step: int, stats: dict[str, float], speed: float, scores: dict[str, Any] | None) -> None:
+        """Step `step`'s record: to the trackers, and a line of log.jsonl (main process)."""
+        record = {
+            "step": step,
+            **{k: round(v, 6) for k, v in stats.items()},
+            "lr": learning_rate(self.config, step - 1),
+            "images_per_s": round(speed, 2),
+            **(_eval_fields(scores, self.config.train.eval_samples) if scores is not None else {}),
+        }
+        self.accelerator.log(_tracker_scalars(record), step=step)
+        if self.accelerator.is_main_process:
+            with open(self.out / LOG_FILE, "a") as log:
+                log.write(json.dumps(record) + "\n")
+
+    def evaluate(self) -> dict[str, Any] | None:
+        """score_model's FID and class accuracy (overall and per class) of the EMA model on `train.eval_samples`
+        class-balanced samples; None on the other processes, which wait for it."""
+        scores = None
+        if self.accelerator.is_main_process:
+            from sdtgen.evaluation.evaluate import score_model
+
+            sample = self.config.sample
+            scores = score_model(
                 self.ema.model,
                 self.vae,
                 objective=self.config.objective,
                 num_samples=self.config.train.eval_samples,
                 seed=self.config.seed,
-                sampler=s.sampler,
-                steps=self.config.train.eval_steps or s.steps,
-                guidance=s.guidance(),
+                sampler=sample.sampler,
+                steps=self.config.train.eval_steps or sample.steps,
+                guidance=sample.guidance(),
             )
-            metrics = {
-                "eval_fid": round(result["fid"], 4),
-                "eval_class_accuracy": round(result["class_accuracy"], 4),
-                "eval_class_accuracy_per_class": {
-                    name: round(accuracy, 4) for name, accuracy in result["class_accuracy_per_class"].items()
-                },
-                "eval_samples": self.config.train.eval_samples,
-            }
-            if step == self.config.train.max_steps:
-                tqdm.write(
-                    f"Step {step}: FID {result['fid']:.2f} and class accuracy {result['class_accuracy']:.1%} on "
-                    f"{self.config.train.eval_samples} samples against the training split (built-in feature network; "
-                    "`sdtgen eval` for more samples)."
-                )
-                for line in class_accuracy_lines(result["class_accuracy_per_class"]):
-                    tqdm.write(line)
         self.accelerator.wait_for_everyone()
-        return metrics
+        return scores
 
     def sample_grid(self, step: int) -> None:
         """A grid of `sample.per_class` EMA samples for every class, one row per class."""
         if self.accelerator.is_main_process:
-            s = self.config.sample
+            sample = self.config.sample
             save_sample_grid(
                 self.ema.model,
                 self.vae,
                 self.data.class_names,
                 self.out / "samples" / f"grid-{step:07d}.png",
                 objective=self.config.objective,
-                sampler=s.sampler,
-                steps=s.steps,
-                guidance=s.guidance(),
-                per_class=s.per_class,
+                sampler=sample.sampler,
+                steps=sample.steps,
+                guidance=sample.guidance(),
+                per_class=sample.per_class,
                 seed=self.config.seed,
-                classes=s.classes,
+                classes=sample.classes,
             )
         self.accelerator.wait_for_everyone()
+
+
+def _eval_fields(scores: dict[str, Any], samples: int) -> dict[str, Any]:
+    """An evaluation's scores as log.jsonl fields."""
+    return {
+        "eval_fid": round(scores["fid"], 4),
+        "eval_class_accuracy": round(scores["class_accuracy"], 4),
+        "eval_class_accuracy_per_class": {
+            name: round(accuracy, 4) for name, accuracy in scores["class_accuracy_per_class"].items()
+        },
+        "eval_samples": samples,
+    }
+
+
+def _final_score_lines(step: int, scores: dict[str, Any], samples: int) -> list[str]:
+    """What the run prints of its final evaluation: FID and class accuracy, then every class's accuracy."""
+    from sdtgen.evaluation.evaluate import class_accuracy_lines
+
+    return [
+        f"Step {step}: FID {scores['fid']:.2f} and class accuracy {scores['class_accuracy']:.1%} on "
+        f"{samples} samples against the training split (built-in feature network; `sdtgen eval` for more samples).",
+        *class_accuracy_lines(scores["class_accuracy_per_class"]),
+    ]
 
 
 def _tracker_scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -505,17 +570,11 @@ def _tensorboard_if_installed() -> list[str] | None:
     return ["tensorboard"]
 
 
-def _final_outputs_written(out: Path, checkpoint: Path) -> bool:
-    """Whether loss.png, the last thing a run writes (after its grid), is newer than `checkpoint`."""
-    plot, state = out / "loss.png", checkpoint / TRAINER_STATE_FILE
-    return plot.is_file() and (not state.is_file() or plot.stat().st_mtime >= state.stat().st_mtime)
-
-
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past the resumed step, written by the interrupted run after its last save."""
+    """Drop log records past the resumed step, written by the interrupted run after its last save."""
     if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+        kept = [record for record in read_log(path) if record["step"] <= step]
+        path.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
 
 def train(config: RunConfig) -> Path:
