@@ -3,7 +3,7 @@
 Every configuration is built up front and timed round-robin, one full sampling call each
 per round (so drifts in machine load hit all alike), after one warm-up round that also
 compiles FlexAttention. A call draws `--batch` latents with `--steps` DDIM steps and
-classifier-free guidance (two model passes per step unless --cfg 1), as `sdtgen sample`
+classifier-free guidance (two model passes per step unless --guidance-scale 1), as `sdtgen sample`
 does, without the VAE decode (the same for every row). Models are at initialisation:
 the speed does not depend on the weights.
 
@@ -41,7 +41,7 @@ def sampling_call(model: SDTDiT, labels: torch.Tensor, args: argparse.Namespace)
         scheduler,
         labels,
         steps=args.steps,
-        guidance=Guidance(args.cfg),
+        guidance=Guidance(args.guidance_scale),
         generator=sample_generators(0, range(len(labels))),
     )
     latents.sum().item()  # waits for the device
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=32, help="latent size; tokens = (size / patch)^2")
     parser.add_argument("--batch", type=int, default=8, help="images per sampling call")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--cfg", type=float, default=1.5)
+    parser.add_argument("--guidance-scale", "--cfg", type=float, default=1.5)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (after 1 warm-up round)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -91,7 +91,7 @@ def main() -> None:
         else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     )
     print(
-        f"\n{args.preset}, {tokens} tokens, batch {args.batch}, DDIM {args.steps} steps, cfg {args.cfg}, {args.dtype}, "
+        f"\n{args.preset}, {tokens} tokens, batch {args.batch}, DDIM {args.steps} steps, guidance {args.guidance_scale}, {args.dtype}, "
         f"{name}, torch {torch.__version__}, median of {args.repeats}"
     )
     base = statistics.median(times[rows[0]])

@@ -1,23 +1,27 @@
-"""Does SDT help generation? Every attention variant, paired over seeds, at two token grids.
+"""Does SDT help generation? Attention variants, paired over seeds, at two token grids.
 
-    python scripts/ablation.py                       # what docs/ablation.md reports: 64 tokens, 5 variants x 5 seeds
-    python scripts/ablation.py --grids 256           # the 256-token grid (patch 1 on the 16x16 latents), ~7.5 h here
-    python scripts/ablation.py --grids 64 256 --steps 1200 --eval-every 200 --eval-samples 1000 \\
-        --out runs/ablation-full                     # the full study (~50 h on 2 CPU cores; a GPU: not measured)
-    python scripts/ablation.py --grids 64 256 --report-only --publish docs/ablation   # tables and plots
+    python scripts/ablation.py --seeds 0 1 2 3 4       # the current recipe at 64 tokens: 7 variants, the main job's length
+    python scripts/ablation.py --grids 256 --variants vanilla fixed sdt --steps 4800 --eval-every 1200   # at 256 tokens
+    python scripts/ablation.py --report-only --publish docs/ablation-rope   # tables and plots from results.json alone
+    python scripts/ablation.py --study dit2023          # the 2023 baseline of docs/ablation.md: the old recipe, 200 steps
 
-Each run trains the built-in recipe (T/2 for 64 tokens, T/1 for 256; flow matching; batch 64; AdamW 1e-3,
-cosine decay over --steps) with only `model.attention` and `seed` changed. Within a seed, every variant sees
-the same batches, flips, latent draws, timesteps and noise (functions of (seed, step)) and is evaluated on
-the same sampling noise (the training-time evaluation samples from the run's seed), so the paired
-difference variant - baseline removes the seed's shared part. Initial weights are identical among
-vanilla, fixed and learned-fixed, and between sdt and sdt-decomposed; the two groups differ because the
-gate draws random numbers at initialisation (that part is in the intervals, as seed noise).
+A study (STUDIES in ablation_stats.py) is a recipe, its variants and the paired comparisons it reports. `rope`
+(the default) trains the default config (docs/recipe.md: SwiGLU, RMSNorm, RoPE, ...) to the main job's length,
+every attention variant with RoPE and sdt and vanilla also without it; `dit2023` the recipe before the ladder (no
+RoPE, batch 64) for 200 steps. A run is the study's recipe with only its variant's overrides, `seed` and the
+preset of its grid changed (T/2 for 64 tokens, T/1 for 256). Within a seed, every variant sees the same batches,
+flips, latent draws, timesteps and noise (functions of (seed, step)) and is evaluated on the same sampling noise
+(the training-time evaluation samples from the run's seed), so the paired difference variant - baseline removes
+the seed's shared part. Initial weights are identical among vanilla, fixed and learned-fixed (with RoPE or not),
+and among the sdt variants; the two groups differ because the gate draws random numbers at initialisation (that
+part is in the intervals, as seed noise).
 
-Outputs in --out: results.json (every run's FID / class-accuracy curve, the paired statistics, the eval's
-own spread, the content-dependence rows, costs), results.md (the tables) and three PNGs: FID-vs-step
-curves, paired differences with 95 % intervals, and the object-vs-background decay contrast.
-Re-running skips finished runs and measurements, so an interrupted study continues.
+Outputs in --out: results.json (the study, every run's overrides and FID / class-accuracy curve, the paired
+statistics, the eval's own spread, the content-dependence rows, costs), results.md (the tables) and three PNGs:
+FID-vs-step curves, paired differences with 95 % intervals, and the object-vs-background decay contrast.
+Re-running continues the study: finished runs are skipped, a killed run resumes from its last checkpoint, the
+measurements are kept, and a run folder trained with other settings is an error rather than overwritten. Every
+finished run of a grid's folder counts, so seed sets can run in separate sessions.
 """
 
 from __future__ import annotations
@@ -31,37 +35,66 @@ import sys
 from pathlib import Path
 
 from ablation_report import FILES, write_report
-from ablation_stats import BASELINES, GRIDS, METRICS, content_summary, paired_differences
+from ablation_stats import GRIDS, METRICS, STUDIES, Study, content_summary, study_of
 from results_file import read_results, write_results
 
-from sdtgen.models.attention import ATTENTION_VARIANTS, CONTENT_GATED
 from sdtgen.runs import CONFIG_FILE, LOG_FILE, find_source, read_log
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ (the step timer)
 
 PROTOCOL_KEYS = ("steps", "eval_every", "eval_samples", "eval_steps", "noise_levels")
 OUTPUTS = ("results.json", *FILES)
+DEFAULT_STUDY = "rope"
 
 
 def run_dir(args: argparse.Namespace, grid: str, variant: str, seed: int) -> Path:
     return Path(args.out) / f"tokens{grid}" / f"{variant}-seed{seed}"
 
 
-def run_overrides(args: argparse.Namespace, grid: str, variant: str, seed: int) -> list[str]:
-    """The config overrides of one run: the built-in recipe, shortened, with this variant and seed."""
+def run_settings(args: argparse.Namespace, study: Study, grid: str, variant: str, seed: int) -> list[str]:
+    """What one run trains with, as overrides of the default config: the study's recipe, the grid's preset, the
+    variant's own overrides, the seed, the length and the evaluation. Its entry in the results records them."""
     return [
-        f"output_dir={run_dir(args, grid, variant, seed)}",
+        *study.recipe,
         f"model.preset={GRIDS[grid]}",
-        f"model.attention={variant}",
+        *study.variants[variant],
         f"seed={seed}",
         f"train.max_steps={args.steps}",
         f"train.eval_every={args.eval_every}",
         f"train.eval_samples={args.eval_samples}",
-        f"train.eval_steps={args.eval_steps}",
-        f"train.checkpoint_every={args.steps}",
-        "train.keep_checkpoints=1",
+        f"train.eval_steps={'null' if args.eval_steps is None else args.eval_steps}",
         f"data.latent_cache={args.latent_cache}",
         "sample.per_class=4",
+    ]
+
+
+def run_overrides(args: argparse.Namespace, study: Study, grid: str, variant: str, seed: int) -> list[str]:
+    """The run's settings, its folder, and resuming from its newest checkpoint (the only one kept)."""
+    return [
+        f"output_dir={run_dir(args, grid, variant, seed)}",
+        *run_settings(args, study, grid, variant, seed),
+        "train.keep_checkpoints=1",
+        "train.resume=latest",
+    ]
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """A nested config dict as {"section.key": value}."""
+    out = {}
+    for key, value in tree.items():
+        out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
+    return out
+
+
+def settings_differences(run: Path, overrides: list[str]) -> list[str]:
+    """Where the run's config.yaml differs from the config of `overrides` (the precision `auto` resolved to aside)."""
+    from sdtgen.config import config_to_dict, load_config
+
+    saved, asked = (flat(config_to_dict(c)) for c in (load_config(run / CONFIG_FILE), load_config(None, overrides)))
+    return [
+        f"{key}: {saved.get(key)!r}, asked {value!r}"
+        for key, value in asked.items()
+        if key != "train.mixed_precision" and saved.get(key) != value
     ]
 
 
@@ -71,24 +104,51 @@ def finished(run: Path, steps: int) -> bool:
     return log.is_file() and any(r["step"] == steps and "eval_fid" in r for r in read_log(log))
 
 
-def train_run(args: argparse.Namespace, grid: str, variant: str, seed: int) -> None:
+def done(args: argparse.Namespace, study: Study, grid: str, variant: str, seed: int) -> bool:
+    """Whether the run finished, trained with the settings asked for now."""
+    run = run_dir(args, grid, variant, seed)
+    overrides = run_overrides(args, study, grid, variant, seed)
+    return finished(run, args.steps) and not settings_differences(run, overrides)
+
+
+def train_run(args: argparse.Namespace, study: Study, grid: str, variant: str, seed: int) -> None:
+    """Train one run, resuming it from its checkpoint if it has one."""
     from sdtgen.config import load_config
+    from sdtgen.runs import CHECKPOINTS_DIR
+    from sdtgen.training.checkpoint import resolve_resume
     from sdtgen.training.trainer import train
 
     run = run_dir(args, grid, variant, seed)
-    if run.exists():  # an interrupted run starts over: its partial log would mix two runs' curves
-        shutil.rmtree(run)
-    train(load_config(None, run_overrides(args, grid, variant, seed)))
+    overrides = run_overrides(args, study, grid, variant, seed)
+    if (run / CONFIG_FILE).is_file() and (differences := settings_differences(run, overrides)):
+        raise ValueError(
+            f"{run} was trained with other settings ({'; '.join(differences)}): give them again, use another --out, "
+            "or delete it to train it anew."
+        )
+    if run.exists() and resolve_resume("latest", run / CHECKPOINTS_DIR) is None:
+        shutil.rmtree(run)  # killed before its first checkpoint: its partial log would mix two runs' curves
+    train(load_config(None, overrides))
 
 
-def summarize_run(run: Path, grid: str, variant: str, seed: int) -> dict:
-    """A run's evaluation curve and final scores, from its log.jsonl."""
+def finished_runs(args: argparse.Namespace, study: Study, grid: str) -> list[tuple[str, int]]:
+    """(variant, seed) of every run in the grid's folder that finished with the settings asked for, seed-major."""
+    found = []
+    for path in (Path(args.out) / f"tokens{grid}").glob("*-seed*"):
+        variant, _, seed = path.name.rpartition("-seed")
+        if variant in study.variants and seed.isdigit() and done(args, study, grid, variant, int(seed)):
+            found.append((int(seed), list(study.variants).index(variant), variant))
+    return [(variant, seed) for seed, _, variant in sorted(found)]
+
+
+def summarize_run(run: Path, grid: str, variant: str, seed: int, overrides: list[str]) -> dict:
+    """A run's settings (`overrides` of the default config), evaluation curve and final scores, from its log.jsonl."""
     log = read_log(run / LOG_FILE)
     evals = [r for r in log if "eval_fid" in r]
     return {
         "grid": grid,
         "variant": variant,
         "seed": seed,
+        "overrides": overrides,
         "curve": [{"step": r["step"], "fid": r["eval_fid"], "class_accuracy": r["eval_class_accuracy"]} for r in evals],
         "fid": evals[-1]["eval_fid"],
         "class_accuracy": evals[-1]["eval_class_accuracy"],
@@ -106,7 +166,7 @@ def load_trained(run: Path):
     return model.eval(), load_vae(config.data.vae), config
 
 
-def eval_spread(run: Path, sampling_seeds: list[int], args: argparse.Namespace) -> list[dict]:
+def eval_spread(run: Path, sampling_seeds: list[int]) -> list[dict]:
     """The same model scored as in training, once per sampling seed: the evaluation's own noise."""
     from sdtgen.evaluation.evaluate import score_model
 
@@ -117,10 +177,10 @@ def eval_spread(run: Path, sampling_seeds: list[int], args: argparse.Namespace) 
             model,
             vae,
             objective=config.objective,
-            num_samples=args.eval_samples,
+            num_samples=config.train.eval_samples,
             seed=seed,
             sampler=config.sample.sampler,
-            steps=args.eval_steps,
+            steps=config.train.eval_steps or config.sample.steps,
             guidance=config.sample.guidance(),
         )
         rows.append({"sampling_seed": seed, "fid": result["fid"], "class_accuracy": result["class_accuracy"]})
@@ -153,15 +213,21 @@ def content_rows(run: Path, args: argparse.Namespace) -> list[dict]:
     return content_dependence(model, latents, images, labels, args.noise_levels)
 
 
-def step_costs(grid: str, batch: int = 64, repeats: int = 7) -> dict:
-    """Each variant's training step (forward + backward, the backend `auto` picks, the precision training's
-    `auto` picks) timed round-robin in this process, so machine load hits all alike: median ms and x vanilla."""
+def step_costs(study: Study, grid: str, batch: int | None = None, repeats: int = 7) -> dict:
+    """Each variant's training step (forward + backward of the model its runs train, the backend `auto` picks, the
+    precision training's `auto` picks, the recipe's batch unless `batch`) timed round-robin in this process, so
+    machine load hits all alike: median ms and x vanilla."""
     import torch
 
     from benchmarks.bench_model import time_training_steps
-    from sdtgen import SDTDiT
+    from sdtgen.config import load_config
     from sdtgen.training.precision import resolve_mixed_precision
+    from sdtgen.training.trainer import build_model
 
+    configs = {
+        v: load_config(None, [*study.recipe, f"model.preset={GRIDS[grid]}", *study.variants[v]]) for v in study.variants
+    }
+    batch = batch or configs["vanilla"].train.global_batch_size
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_mixed_precision("auto", device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -169,12 +235,7 @@ def step_costs(grid: str, batch: int = 64, repeats: int = 7) -> dict:
     x, target = (torch.randn(batch, 1, 16, 16, generator=generator).to(device) for _ in range(2))
     t = torch.rand(batch, generator=generator).to(device) * 1000
     y = torch.randint(0, 10, (batch,), generator=generator).to(device)
-    models = {
-        v: SDTDiT.from_preset(GRIDS[grid], attention=v, input_size=16, in_channels=1, num_classes=10, learn_sigma=False)
-        .to(device)
-        .train()
-        for v in ATTENTION_VARIANTS
-    }
+    models = {v: build_model(config, 10, (1, 16, 16)).to(device).train() for v, config in configs.items()}
     times = time_training_steps(models, (x, t, y, target), dtype, device, repeats)
     vanilla = statistics.median(times["vanilla"])
     return {
@@ -186,86 +247,122 @@ def step_costs(grid: str, batch: int = 64, repeats: int = 7) -> dict:
     }
 
 
-def study_grid(args: argparse.Namespace, grid: str, previous: dict, results: dict) -> None:
-    """Train what is missing at one grid, then its paired statistics, the eval's spread and the content rows."""
+def study_grid(args: argparse.Namespace, study: Study, grid: str, previous: dict, results: dict) -> None:
+    """Train what is missing at one grid; then, over every finished run of its folder, the paired statistics,
+    the eval's spread and the content rows."""
+    from sdtgen.config import load_config
+
     for seed in args.seeds:  # seed-major: an interrupted study has whole seeds
         for variant in args.variants:
-            run = run_dir(args, grid, variant, seed)
-            if not finished(run, args.steps) and not args.report_only:
-                train_run(args, grid, variant, seed)
-            if finished(run, args.steps):
-                results["runs"].append(summarize_run(run, grid, variant, seed))
-    protocol = {"preset": GRIDS[grid], "batch": 64, **{k: getattr(args, k) for k in PROTOCOL_KEYS}}
+            if not done(args, study, grid, variant, seed):
+                train_run(args, study, grid, variant, seed)
+    found = finished_runs(args, study, grid)
+    results["runs"] += [
+        summarize_run(run_dir(args, grid, v, s), grid, v, s, run_settings(args, study, grid, v, s)) for v, s in found
+    ]
+    batch = load_config(None, study.recipe).train.global_batch_size
+    protocol = {"preset": GRIDS[grid], "batch": batch, **{k: getattr(args, k) for k in PROTOCOL_KEYS}}
     g = previous.get("grids", {}).get(grid, {})
     if g.get("protocol") != protocol:  # measurements of runs trained otherwise do not carry over
         g = {"protocol": protocol}
     results["grids"][grid] = g
-    g["paired"] = {m: {b: paired_differences(results["runs"], grid, m, b) for b in BASELINES} for m in METRICS}
+    g["paired"] = {m: study.paired(results["runs"], grid, m) for m in METRICS}
     # The same along the curves: whether a gap holds, opens or closes with training.
     steps = sorted({p["step"] for r in results["runs"] if r["grid"] == grid for p in r["curve"]})
     g["paired_by_step"] = {
-        str(step): {m: {b: paired_differences(results["runs"], grid, m, b, step) for b in BASELINES} for m in METRICS}
-        for step in steps
+        str(step): {m: study.paired(results["runs"], grid, m, step) for m in METRICS} for step in steps
     }
-    pair = [run_dir(args, grid, v, args.seeds[0]) for v in ("fixed", "sdt")]
+    # The eval's own spread: fixed and sdt of the first seed where both finished, scored with other sampling seeds.
     spread = g.setdefault("eval_spread", {"runs": {}})
-    if not args.report_only and all(finished(r, args.steps) for r in pair):
+    pair_seeds = [s for v, s in found if v == "sdt" and ("fixed", s) in found]
+    if pair_seeds:
+        pair = [run_dir(args, grid, v, pair_seeds[0]) for v in ("fixed", "sdt")]
         for run in pair:
             if run.name not in spread["runs"]:
-                spread["runs"][run.name] = eval_spread(run, list(range(args.spread_seeds)), args)
+                spread["runs"][run.name] = eval_spread(run, list(range(args.spread_seeds)))
         fixed_rows, sdt_rows = (spread["runs"][r.name] for r in pair)
         spread["paired_sdt_minus_fixed"] = {
             m: [s[m] - f[m] for s, f in zip(sdt_rows, fixed_rows, strict=True)] for m in METRICS
         }
     content = g.setdefault("content", {})
-    for variant in CONTENT_GATED:
-        for seed in args.seeds:
+    for variant in study.content_gated:
+        for seed in (s for v, s in found if v == variant):
             run = run_dir(args, grid, variant, seed)
-            if run.name not in content and finished(run, args.steps) and not args.report_only:
+            if run.name not in content:
                 content[run.name] = content_rows(run, args)
     g["content_summary"] = content_summary(content)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--study",
+        choices=list(STUDIES),
+        help=f"what to train and compare (default: the one --out holds, else {DEFAULT_STUDY})",
+    )
     parser.add_argument("--grids", nargs="+", default=["64"], choices=list(GRIDS), help="token grids (default: 64)")
-    parser.add_argument("--variants", nargs="+", default=list(ATTENTION_VARIANTS), choices=ATTENTION_VARIANTS)
+    parser.add_argument("--variants", nargs="+", help="the study's variants to train (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="training seeds (default: 0-4)")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per run, batch 64 (default: 200)")
-    parser.add_argument(
-        "--eval-every", type=int, default=100, help="steps between evaluations: the curves (default: 100)"
-    )
-    parser.add_argument(
-        "--eval-samples", type=int, default=500, help="class-balanced samples per evaluation (default: 500)"
-    )
-    parser.add_argument("--eval-steps", type=int, default=8, help="DPM++ steps of the evaluation samples (default: 8)")
+    # The protocol: each default is the study's (eval steps None: the run's sample.steps).
+    for flag, meaning in (
+        ("--steps", "training steps per run"),
+        ("--eval-every", "steps between evaluations: the curves"),
+        ("--eval-samples", "class-balanced samples per evaluation"),
+        ("--eval-steps", "DPM++ steps of the evaluation samples"),
+    ):
+        key = flag[2:].replace("-", "_")
+        defaults = ", ".join(f"{s.name} {getattr(s, key) or 'sample.steps'}" for s in STUDIES.values())
+        parser.add_argument(flag, type=int, help=f"{meaning} (default: the study's: {defaults})")
     parser.add_argument(
         "--spread-seeds", type=int, default=5, help="sampling seeds for the eval's own spread (default: 5)"
     )
     parser.add_argument("--noise-levels", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--latent-cache", default="cache/animals-latents")
-    parser.add_argument("--out", default="runs/ablation")
-    parser.add_argument("--report-only", action="store_true", help="train nothing: tables and plots from finished runs")
+    parser.add_argument(
+        "--out", help="the study's runs and results.json (default: the study's, e.g. runs/ablation-rope)"
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train and measure nothing: the tables and plots of --out's results.json",
+    )
     parser.add_argument("--cost-only", action="store_true", help="only time each variant's training step at --grids")
     parser.add_argument("--cost-repeats", type=int, default=7, help="timed rounds of the step costs (default: 7)")
-    parser.add_argument("--publish", metavar="DIR", help="also copy the results and plots to DIR (docs/ablation)")
+    parser.add_argument("--publish", metavar="DIR", help="also copy the results and plots to DIR (docs/ablation-rope)")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or STUDIES[args.study or DEFAULT_STUDY].out)
+    args.out = str(out)
     results_path = out / "results.json"
     previous = read_results(results_path, {})
-    # Grids not asked for this time keep what an earlier invocation measured.
-    results = {
-        "runs": [r for r in previous.get("runs", []) if r["grid"] not in args.grids],
-        "grids": {k: v for k, v in previous.get("grids", {}).items() if k not in args.grids},
-        "cost": previous.get("cost", {}),
-    }
-    for grid in args.grids:
-        if args.cost_only or (grid not in results["cost"] and not args.report_only):
-            results["cost"][grid] = step_costs(grid, repeats=args.cost_repeats)
-        if not args.cost_only:
-            study_grid(args, grid, previous, results)
-        write_results(results_path, json.dumps(results, indent=1))
+    recorded = study_of(previous).name if previous else None
+    study = STUDIES[args.study or recorded or DEFAULT_STUDY]
+    if recorded and study.name != recorded:
+        parser.error(f"{results_path} holds the {recorded} study; give --study {recorded}, or another --out")
+    if args.report_only:
+        if not previous:
+            parser.error(f"--report-only reads {results_path}, which does not exist")
+        results = previous
+    else:
+        args.variants = args.variants or list(study.variants)
+        if unknown := [v for v in args.variants if v not in study.variants]:
+            parser.error(f"--variants {' '.join(unknown)}: the {study.name} study has {', '.join(study.variants)}")
+        for key in ("steps", "eval_every", "eval_samples", "eval_steps"):
+            if getattr(args, key) is None:
+                setattr(args, key, getattr(study, key))
+        out.mkdir(parents=True, exist_ok=True)
+        # Grids not asked for this time keep what an earlier invocation measured.
+        results = {
+            "study": study.name,
+            "runs": [r for r in previous.get("runs", []) if r["grid"] not in args.grids],
+            "grids": {k: v for k, v in previous.get("grids", {}).items() if k not in args.grids},
+            "cost": previous.get("cost", {}),
+        }
+        for grid in args.grids:
+            if args.cost_only or grid not in results["cost"]:
+                results["cost"][grid] = step_costs(study, grid, repeats=args.cost_repeats)
+            if not args.cost_only:
+                study_grid(args, study, grid, previous, results)
+            write_results(results_path, json.dumps(results, indent=1))
     print(write_report(results, out))
     if args.publish:
         target = Path(args.publish)

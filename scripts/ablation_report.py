@@ -1,5 +1,5 @@
 """The ablation's report: the tables (results.md) and plots (curves.png, paired.png, content.png)
-of a results.json that scripts/ablation.py wrote.
+of a results.json that scripts/ablation.py wrote, from that file alone (its study says what to compare).
 """
 
 from __future__ import annotations
@@ -7,11 +7,18 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ablation_stats import BASELINES, GRIDS, METRICS, spread_summary
-
-from sdtgen.models.attention import ATTENTION_VARIANTS, CONTENT_GATED
+from ablation_stats import GRIDS, METRICS, Study, spread_summary, study_of
 
 FILES = ("results.md", "curves.png", "paired.png", "content.png")  # what write_report writes (content.png if any)
+COLORS = {
+    "vanilla": "#888888",
+    "fixed": "#dd8452",
+    "learned-fixed": "#937860",
+    "sdt": "#4c72b0",
+    "sdt-decomposed": "#55a868",
+    "sdt-norope": "#8172b3",
+    "vanilla-norope": "#333333",
+}
 
 
 def write_report(results: dict, out: Path) -> str:
@@ -36,28 +43,32 @@ def fmt_interval(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
     return f"{stat['mean'] * scale:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{mark}"
 
 
-def curve_table(paired_by_step: dict) -> list[str]:
-    """Markdown rows: each paired FID and accuracy gap at every evaluated step (empty below two steps)."""
+def curve_table(paired_by_step: dict, study: Study) -> list[str]:
+    """Markdown rows: each paired FID and accuracy gap at every evaluated step (empty below two steps).
+
+    A pair compared both ways (fixed - vanilla, vanilla - fixed) has one row, against its later baseline.
+    """
     if len(paired_by_step) < 2:
         return []
     steps = sorted(paired_by_step, key=int)
+    baselines = study.baselines
     lines = ["", "The same gaps along the training curves (mean [95 % CI] at each evaluated step):", ""]
     lines += ["| comparison | metric | " + " | ".join(f"step {s}" for s in steps) + " |"]
     lines += ["|---|---|" + "---:|" * len(steps)]
-    for baseline in BASELINES:
-        for variant in ATTENTION_VARIANTS:
-            if (variant, baseline) == ("vanilla", "fixed"):  # the mirror of fixed - vanilla
-                continue
-            for metric, scale in (("fid", 1.0), ("class_accuracy", 100.0)):
-                stats = [paired_by_step[s][metric][baseline].get(variant) for s in steps]
-                if any(stats):
-                    cells = [fmt_interval(stat, scale, digits=1) if stat else "" for stat in stats]
-                    lines.append(f"| {variant} - {baseline} | {METRICS[metric]} | " + " | ".join(cells) + " |")
+    for variant, baseline in study.comparisons:
+        if (baseline, variant) in study.comparisons and baselines.index(variant) > baselines.index(baseline):
+            continue
+        for metric, scale in (("fid", 1.0), ("class_accuracy", 100.0)):
+            stats = [paired_by_step[s][metric][baseline].get(variant) for s in steps]
+            if any(stats):
+                cells = [fmt_interval(stat, scale, digits=1) if stat else "" for stat in stats]
+                lines.append(f"| {variant} - {baseline} | {METRICS[metric]} | " + " | ".join(cells) + " |")
     return lines
 
 
 def markdown(results: dict) -> str:
     """Per grid: the scores, paired differences, curves, eval spread and content rows; then the step costs."""
+    study = study_of(results)
     lines = []
     for grid, g in results["grids"].items():
         runs = [r for r in results["runs"] if r["grid"] == grid]
@@ -67,7 +78,7 @@ def markdown(results: dict) -> str:
         lines += [f"## {grid} tokens ({GRIDS[grid]}), seeds {', '.join(map(str, seeds))}", ""]
         lines += ["| variant | FID per seed | mean FID | class acc. per seed (%) | mean acc. | step time / vanilla |"]
         lines += ["|---|---|---:|---|---:|---:|"]
-        for variant in ATTENTION_VARIANTS:
+        for variant in study.variants:
             mine = sorted((r for r in runs if r["variant"] == variant), key=lambda r: r["seed"])
             if not mine:
                 continue
@@ -78,17 +89,18 @@ def markdown(results: dict) -> str:
                 f"| {100 * statistics.mean(r['class_accuracy'] for r in mine):.1f} | {f'{cost:.2f}' if cost else '-'} |"
             )
         lines += ["", "Paired differences, mean [95 % CI] over seeds (** the interval excludes 0):", ""]
-        lines += ["| variant | FID - fixed | FID - vanilla | acc. - fixed (points) | acc. - vanilla (points) |"]
-        lines += ["|---|---:|---:|---:|---:|"]
-        for variant in ATTENTION_VARIANTS:
+        columns = [f"FID - {b}" for b in study.baselines] + [f"acc. - {b} (points)" for b in study.baselines]
+        lines += ["| variant | " + " | ".join(columns) + " |"]
+        lines += ["|---|" + "---:|" * len(columns)]
+        for variant in study.variants:
             cells = []
             for metric, scale in (("fid", 1.0), ("class_accuracy", 100.0)):
-                for baseline in BASELINES:
+                for baseline in study.baselines:
                     stat = g["paired"][metric][baseline].get(variant)
                     cells.append(fmt_interval(stat, scale) if stat else "")
             if any(cells):
                 lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-        lines += curve_table(g.get("paired_by_step", {}))
+        lines += curve_table(g.get("paired_by_step", {}), study)
         spread = g.get("eval_spread", {})
         if spread.get("runs"):
             lines += ["", "The evaluation's own spread (same model, different sampling seeds):", ""]
@@ -133,7 +145,7 @@ def markdown(results: dict) -> str:
         lines += [f"## Cost: one training step, batch {first['batch']}, {first['device']}, {precision}", ""]
         lines += ["| variant | " + " | ".join(f"{g} tokens: ms | x vanilla" for g in grids) + " |"]
         lines += ["|---|" + "---:|---:|" * len(grids)]
-        for variant in ATTENTION_VARIANTS:
+        for variant in (v for v in study.variants if v in first["step_ms"]):
             cells = [
                 f"{results['cost'][g]['step_ms'][variant]:.0f} | {results['cost'][g]['x_vanilla'][variant]:.2f}"
                 for g in grids
@@ -150,15 +162,15 @@ def plot(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    study = study_of(results)
     grids = sorted({r["grid"] for r in results["runs"]}, key=int)
     if not grids:
         return
-    colors = dict(zip(ATTENTION_VARIANTS, ("#888888", "#dd8452", "#937860", "#4c72b0", "#55a868"), strict=True))
     fig, axes = plt.subplots(2, len(grids), figsize=(5 * len(grids), 6.4), dpi=120, squeeze=False)
     for col, grid in enumerate(grids):
         for row, metric in enumerate(METRICS):
             ax = axes[row, col]
-            for variant in ATTENTION_VARIANTS:
+            for variant in study.variants:
                 runs = [r for r in results["runs"] if r["grid"] == grid and r["variant"] == variant]
                 if not runs:
                     continue
@@ -166,12 +178,12 @@ def plot(results: dict, out: Path) -> None:
                     ax.plot(
                         [p["step"] for p in r["curve"]],
                         [p[metric] for p in r["curve"]],
-                        color=colors[variant],
+                        color=COLORS[variant],
                         alpha=0.2,
                     )
                 steps = sorted({p["step"] for r in runs for p in r["curve"]})
                 means = [statistics.mean(p[metric] for r in runs for p in r["curve"] if p["step"] == s) for s in steps]
-                ax.plot(steps, means, color=colors[variant], marker="o", label=variant)
+                ax.plot(steps, means, color=COLORS[variant], marker="o", label=variant)
             ax.set_title(f"{grid} tokens: {METRICS[metric]} (mean over seeds; faint: each seed)", fontsize=8)
             ax.set_xlabel("training step", fontsize=8)
             ax.legend(fontsize=7)
@@ -184,18 +196,20 @@ def plot(results: dict, out: Path) -> None:
         for row, (metric, scale) in enumerate((("fid", 1.0), ("class_accuracy", 100.0))):
             ax = axes[row, col]
             ticks = []
-            for baseline in BASELINES:
-                for variant, stat in results["grids"][grid]["paired"][metric][baseline].items():
-                    x = len(ticks)
-                    ticks.append(f"{variant}\n- {baseline}")
-                    mean = stat["mean"] * scale
-                    err = (
-                        None
-                        if stat["ci95"] is None
-                        else [[mean - stat["ci95"][0] * scale], [stat["ci95"][1] * scale - mean]]
-                    )
-                    ax.errorbar(x, mean, yerr=err, fmt="o", color=colors[variant], capsize=3)
-                    ax.scatter([x + 0.15] * len(stat["diffs"]), [d * scale for d in stat["diffs"]], s=8, color="black")
+            for variant, baseline in study.comparisons:
+                stat = results["grids"][grid]["paired"][metric][baseline].get(variant)
+                if stat is None:
+                    continue
+                x = len(ticks)
+                ticks.append(f"{variant}\n- {baseline}")
+                mean = stat["mean"] * scale
+                err = (
+                    None
+                    if stat["ci95"] is None
+                    else [[mean - stat["ci95"][0] * scale], [stat["ci95"][1] * scale - mean]]
+                )
+                ax.errorbar(x, mean, yerr=err, fmt="o", color=COLORS[variant], capsize=3)
+                ax.scatter([x + 0.15] * len(stat["diffs"]), [d * scale for d in stat["diffs"]], s=8, color="black")
             ax.axhline(0, color="black", linewidth=0.6)
             ax.set_xticks(range(len(ticks)), ticks, fontsize=6)
             unit = " (points)" if metric == "class_accuracy" else ""
@@ -208,7 +222,7 @@ def plot(results: dict, out: Path) -> None:
     if content:
         fig, axes = plt.subplots(1, len(content), figsize=(5 * len(content), 3.4), dpi=120, squeeze=False)
         for ax, (grid, rows) in zip(axes[0], content, strict=True):
-            for variant in CONTENT_GATED:
+            for variant in study.content_gated:
                 for block in sorted({r["block"] for r in rows}):
                     mine = [r for r in rows if r["variant"] == variant and r["block"] == block]
                     if mine:

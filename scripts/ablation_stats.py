@@ -1,19 +1,120 @@
-"""What the ablation compares (token grids, baselines, metrics) and its statistics over seeds.
+"""What each ablation study trains and compares (STUDIES; token grids, metrics) and its statistics over seeds.
 
-Shared by the study (scripts/ablation.py), which stores them in results.json, and its report
+Shared by the study (scripts/ablation.py), which stores the statistics in its results file, and its report
 (scripts/ablation_report.py), which shows them.
 """
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 
-from sdtgen.models.attention import ATTENTION_VARIANTS
+from sweep_recipe import OLD_RECIPE
 
-BASELINES = ("fixed", "vanilla")
+from sdtgen.config import RunConfig
+from sdtgen.models.attention import ATTENTION_VARIANTS, CONTENT_GATED
+
 METRICS = {"fid": "FID", "class_accuracy": "class accuracy"}
 # token grid -> preset on the built-in 16 x 16 latents: patch 2 gives 8 x 8 tokens, patch 1 gives 16 x 16
 GRIDS = {"64": "T/2", "256": "T/1"}
+
+
+@dataclass(frozen=True)
+class Study:
+    """An ablation study: each run trains `recipe`, then its variant's overrides, at one grid and seed.
+
+    `steps`, `eval_every`, `eval_samples` and `eval_steps` are its protocol's defaults (eval_steps None: the
+    recipe's sampler steps), `out` the folder of its runs and results.
+    """
+
+    name: str
+    recipe: tuple[str, ...]  # overrides of the default config shared by every run
+    variants: dict[str, tuple[str, ...]]  # name -> its own overrides, in the tables' order
+    comparisons: tuple[tuple[str, str], ...]  # (variant, baseline): the paired differences it reports
+    steps: int
+    eval_every: int
+    eval_samples: int
+    eval_steps: int | None
+    out: str
+
+    @property
+    def baselines(self) -> list[str]:
+        """The comparisons' baselines, in the order they first appear."""
+        return list(dict.fromkeys(baseline for _, baseline in self.comparisons))
+
+    def attention(self, variant: str) -> str:
+        """The attention variant (`model.attention`) a study variant trains."""
+        return next(o.split("=", 1)[1] for o in self.variants[variant] if o.startswith("model.attention="))
+
+    @property
+    def content_gated(self) -> list[str]:
+        """The variants whose decay has a content gate: those the content statistic measures."""
+        return [v for v in self.variants if self.attention(v) in CONTENT_GATED]
+
+    def paired(self, runs: list[dict], grid: str, metric: str, step: int | None = None) -> dict[str, dict]:
+        """paired_differences of each comparison, by baseline, then variant."""
+        return {
+            baseline: paired_differences(
+                runs, grid, metric, baseline, [v for v, b in self.comparisons if b == baseline], step
+            )
+            for baseline in self.baselines
+        }
+
+
+def with_rope(attention: str, rope: bool) -> tuple[str, ...]:
+    """A variant's overrides: its attention, and RoPE on or off."""
+    return (f"model.attention={attention}", f"model.rope={str(rope).lower()}")
+
+
+MAIN_JOB = RunConfig().train
+STUDIES = {
+    study.name: study
+    for study in (
+        # The current recipe (docs/recipe.md: the default config) at the main job's length, every attention with
+        # RoPE, and sdt and vanilla also without it: which of the two position mechanisms gives what.
+        Study(
+            name="rope",
+            recipe=(),
+            variants={
+                **{v: with_rope(v, True) for v in ATTENTION_VARIANTS},
+                "sdt-norope": with_rope("sdt", False),
+                "vanilla-norope": with_rope("vanilla", False),
+            },
+            comparisons=(
+                ("sdt", "fixed"),
+                ("sdt", "vanilla"),
+                ("fixed", "vanilla"),
+                ("sdt", "sdt-norope"),
+                ("vanilla", "vanilla-norope"),
+                ("learned-fixed", "fixed"),
+                ("sdt-decomposed", "fixed"),
+            ),
+            steps=MAIN_JOB.max_steps,
+            eval_every=MAIN_JOB.max_steps // 4,  # four evaluations a run
+            eval_samples=MAIN_JOB.eval_samples,
+            eval_steps=None,
+            out="runs/ablation-rope",
+        ),
+        # The recipe before the ladder (DiT as it was in 2023: GELU, LayerNorm, no RoPE, batch 64), shortened to
+        # 200 steps: docs/ablation.md's history. Every variant against both baselines.
+        Study(
+            name="dit2023",
+            recipe=tuple(OLD_RECIPE),
+            variants={v: (f"model.attention={v}",) for v in ATTENTION_VARIANTS},
+            comparisons=tuple((v, b) for b in ("fixed", "vanilla") for v in ATTENTION_VARIANTS if v != b),
+            steps=200,
+            eval_every=100,
+            eval_samples=500,
+            eval_steps=8,
+            out="runs/ablation",
+        ),
+    )
+}
+
+
+def study_of(results: dict) -> Study:
+    """The study a results file holds; files written before studies had names hold the 2023 one."""
+    return STUDIES[results.get("study", "dit2023")]
 
 
 def t_interval(values: list[float]) -> dict:
@@ -37,8 +138,10 @@ def t_interval(values: list[float]) -> dict:
     }
 
 
-def paired_differences(runs: list[dict], grid: str, metric: str, baseline: str, step: int | None = None) -> dict:
-    """Per variant: variant - baseline within each seed where both ran, with the interval of the mean.
+def paired_differences(
+    runs: list[dict], grid: str, metric: str, baseline: str, variants: list[str], step: int | None = None
+) -> dict:
+    """Per variant of `variants`: variant - baseline within each seed where both ran, with the interval of the mean.
 
     With `step`, the scores are those of the evaluation at that step of each run's curve (runs that did not
     reach it are left out); without, the final ones.
@@ -54,7 +157,7 @@ def paired_differences(runs: list[dict], grid: str, metric: str, baseline: str, 
             if point["step"] == step
         }
     out = {}
-    for variant in ATTENTION_VARIANTS:
+    for variant in variants:
         seeds = sorted(s for v, s in by_key if v == variant and (baseline, s) in by_key)
         if variant == baseline or not seeds:
             continue

@@ -10,15 +10,16 @@ Two parts (`--part nfe|guidance|both`):
 - nfe: for each sampler that fits the run's objective (all of sdtgen.diffusion.sampling.SAMPLERS
   for it, or --samplers) and each target NFE, the largest number of steps whose NFE is at most
   the target (targets that give a sampler the same steps are measured once), at guidance
-  scale --cfg (default: the run's sample.cfg).
+  scale --guidance-scale (default: the run's sample.guidance_scale).
 - guidance: one sampler and number of steps (default: the run's sample.sampler and
   sample.steps, else the objective's defaults) at each of --guidance-scales.
 
-Each point is what `sdtgen eval --ckpt RUN --num-samples N --seed S --sampler X --steps K --cfg C`
-measures: N class-balanced samples (sample i has class i * classes // N and seed S * 1000003 + i),
-sampled by sdtgen.evaluation.evaluate.sample_eval_set and scored against the built-in set's
-training split ("animals") with the built-in feature network. The seconds of a point are its
-sampling and scoring together (the JSON has the sampling alone too).
+Each point is what `sdtgen eval --ckpt RUN --num-samples N --seed S --sampler X --steps K
+--guidance-scale C --guidance-interval 0 1` measures: N class-balanced samples (sample i has
+class i * classes // N and seed S * 1000003 + i), sampled by
+sdtgen.evaluation.evaluate.sample_eval_set and scored against the built-in set's training split
+("animals") with the built-in feature network. The seconds of a point are its sampling and
+scoring together (the JSON has the sampling alone too).
 
 NFE counting: model evaluations per sample over the whole trajectory, one per timestep of the
 scheduler. A guided step (conditional and unconditional input in one doubled batch) counts as
@@ -57,7 +58,7 @@ DEFAULT_NFE = (4, 6, 8, 12, 16, 25, 50, 100, 250)
 DEFAULT_GUIDANCE_SCALES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 REFERENCE = "animals"
 JSON_FILE = "sampler_curve.json"
-KEY_FIELDS = ("model_sha256", "sampler", "steps", "cfg", "num_samples", "seed")
+KEY_FIELDS = ("model_sha256", "sampler", "steps", "guidance_scale", "num_samples", "seed")
 # What a point keeps: a curve has dozens of points, and precision/recall would cost more than the rest of a score.
 METRICS = ("fid", "class_accuracy", "class_accuracy_per_class")
 
@@ -92,8 +93,10 @@ def point_key(point: dict[str, Any]) -> tuple:
 
 
 def load_points(path: Path) -> list[dict[str, Any]]:
-    """The points a previous run saved, or none."""
-    return read_results(path, {"points": []})["points"]
+    """The points a previous run saved, or none; a guidance scale saved as `cfg` (older files) reads as guidance_scale."""
+    from sdtgen.config import current_names
+
+    return [current_names(point) for point in read_results(path, {"points": []})["points"]]
 
 
 def save_points(path: Path, points: list[dict[str, Any]]) -> None:
@@ -102,7 +105,8 @@ def save_points(path: Path, points: list[dict[str, Any]]) -> None:
 
 
 def measure(pipe, spec: dict[str, Any], batch_size: int) -> dict[str, Any]:
-    """Sample and score one point: `spec` (sampler, steps, cfg, num_samples, seed, ...) with its metrics and seconds."""
+    """Sample and score one point: `spec` (sampler, steps, guidance_scale, num_samples, seed, ...) with its metrics
+    and seconds. Guidance acts at every step."""
     from sdtgen.diffusion.sampling import Guidance
     from sdtgen.evaluation.evaluate import sample_eval_set
     from sdtgen.evaluation.metrics import compute_metrics
@@ -115,7 +119,7 @@ def measure(pipe, spec: dict[str, Any], batch_size: int) -> dict[str, Any]:
         labels_mode="balanced",
         seed=spec["seed"],
         steps=spec["steps"],
-        guidance=Guidance(spec["cfg"]),
+        guidance=Guidance(spec["guidance_scale"]),
         batch_size=batch_size,
     )
     sampled = time.perf_counter()
@@ -136,8 +140,8 @@ def plan(args: argparse.Namespace, source) -> tuple[list[dict], list[dict]]:
             raise ValueError(
                 f"The sampler {sampler} does not fit this {objective} model; choose from {', '.join(SAMPLERS[objective])}."
             )
-    cfg = source.guidance_scale(args.cfg)
-    for scale in (cfg, *args.guidance_scales):  # before any sampling: a model without a null class has no guidance
+    run = source.sample_settings(guidance_scale=args.guidance_scale)  # the run's sampler and steps, and the scale
+    for scale in args.guidance_scales:  # before any sampling: a model without a null class has no guidance
         Guidance(scale).check(source.model_config)
     weights = next(source.model_dir.glob("*.safetensors"), None)
     common = {
@@ -149,19 +153,18 @@ def plan(args: argparse.Namespace, source) -> tuple[list[dict], list[dict]]:
         "seed": args.seed,
     }
     nfe_part = [
-        {**common, "sampler": sampler, "steps": steps, "nfe": nfe, "cfg": cfg}
+        {**common, "sampler": sampler, "steps": steps, "nfe": nfe, "guidance_scale": run.guidance.scale}
         for sampler in args.samplers or SAMPLERS[objective]
         for steps, nfe in steps_for_targets(make_scheduler(objective, sampler, learn_sigma), args.nfe)
     ]
-    run_sample = source.sample_defaults
-    run_sampler = run_sample.get("sampler") or DEFAULT_SAMPLER[objective]
+    run_sampler = run.sampler or DEFAULT_SAMPLER[objective]
     sampler = args.guidance_sampler or run_sampler
     # The run's steps are for its own sampler; another sampler gets its own default.
-    run_steps = run_sample.get("steps") if sampler == run_sampler else None
-    steps = args.guidance_steps or run_steps or DEFAULT_STEPS[objective][sampler]
+    steps = args.guidance_steps or (run.steps if sampler == run_sampler else None) or DEFAULT_STEPS[objective][sampler]
     nfe = model_evaluations(make_scheduler(objective, sampler, learn_sigma), steps)
     guidance_part = [
-        {**common, "sampler": sampler, "steps": steps, "nfe": nfe, "cfg": scale} for scale in args.guidance_scales
+        {**common, "sampler": sampler, "steps": steps, "nfe": nfe, "guidance_scale": scale}
+        for scale in args.guidance_scales
     ]
     return nfe_part, guidance_part
 
@@ -198,7 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--samplers", nargs="+", metavar="NAME", help="samplers of the nfe part (default: all of the objective's)"
     )
     parser.add_argument(
-        "--cfg", type=float, metavar="SCALE", help="guidance scale of the nfe part (default: the run's sample.cfg)"
+        "--guidance-scale",
+        "--cfg",
+        type=float,
+        metavar="SCALE",
+        help="guidance scale of the nfe part (default: the run's sample.guidance_scale)",
     )
     parser.add_argument(
         "--guidance-scales",
@@ -277,7 +284,7 @@ def run(args: argparse.Namespace) -> None:
         pipe.to(process_state().device).set_progress_bar_config(disable=True)
         bar = tqdm(todo, desc="sampler curve", unit="point", dynamic_ncols=True)
         for spec in bar:
-            bar.set_postfix_str(f"{spec['sampler']} {spec['steps']} steps, cfg {spec['cfg']:g}")
+            bar.set_postfix_str(f"{spec['sampler']} {spec['steps']} steps, guidance {spec['guidance_scale']:g}")
             points.append(measure(pipe, spec, args.batch_size))
             save_points(out / JSON_FILE, points)
     nfe_points, guidance_points = measured(nfe_part, points), measured(guidance_part, points)

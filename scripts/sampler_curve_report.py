@@ -41,7 +41,7 @@ def write_tables(path: Path, nfe_points: list[dict], guidance_points: list[dict]
     if nfe_points:
         lines += [
             "",
-            f"## FID and class accuracy against NFE (guidance scale {nfe_points[0]['cfg']:g})",
+            f"## FID and class accuracy against NFE (guidance scale {nfe_points[0]['guidance_scale']:g})",
             "",
             "| sampler | NFE | steps | FID | class accuracy | seconds |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -60,7 +60,7 @@ def write_tables(path: Path, nfe_points: list[dict], guidance_points: list[dict]
             "| guidance scale | FID | class accuracy | seconds |",
             "| ---: | ---: | ---: | ---: |",
             *(
-                f"| {p['cfg']:g} | {p['fid']:.2f} | {100 * p['class_accuracy']:.1f} % | {p['seconds']:.1f} |"
+                f"| {p['guidance_scale']:g} | {p['fid']:.2f} | {100 * p['class_accuracy']:.1f} % | {p['seconds']:.1f} |"
                 for p in guidance_points
             ),
         ]
@@ -91,7 +91,7 @@ def plot_nfe(points: list[dict], path: Path) -> None:
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"guidance scale {points[0]['cfg']:g}, {points[0]['num_samples']} samples", fontsize=9)
+    fig.suptitle(f"guidance scale {points[0]['guidance_scale']:g}, {points[0]['num_samples']} samples", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -104,12 +104,12 @@ def plot_guidance(points: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = sorted(points, key=lambda p: p["cfg"])
+    points = sorted(points, key=lambda p: p["guidance_scale"])
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     accuracy = [100 * p["class_accuracy"] for p in points]
     ax.plot(accuracy, [p["fid"] for p in points], marker="o", ms=4, lw=1.2, color="#4c72b0")
     for x, p in zip(accuracy, points):
-        ax.annotate(f"{p['cfg']:g}", (x, p["fid"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(f"{p['guidance_scale']:g}", (x, p["fid"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("class accuracy, % (higher is better)", fontsize=8)
     ax.set_ylabel("FID (lower is better)", fontsize=8)
     first = points[0]

@@ -4,7 +4,8 @@
 
 Defaults describe the built-in run (SDT on the `animals` set, CPU-sized). A YAML file
 overrides any subset; `key=value` overrides (values parsed as YAML) come last. Unknown keys
-are errors that list the valid ones, so a typo never trains the wrong model silently.
+are errors that list the valid ones, so a typo never trains the wrong model silently. Renamed
+keys still read under their old names (`OLD_NAMES`).
 """
 
 from __future__ import annotations
@@ -109,14 +110,14 @@ class SampleConfig:
     steps: int | None = None
     # Guidance 3 at noise levels up to 0.8, off at the noisiest steps (Kynkaanniemi et al., 2024):
     # better FID and class accuracy on the built-in run than 2 everywhere (docs/recipe.md).
-    cfg: float = 3.0
-    cfg_interval: tuple[float, float] = (0.0, 0.8)  # noise levels (timestep / 1000, 1 = pure noise) guided
+    guidance_scale: float = 3.0
+    guidance_interval: tuple[float, float] = (0.0, 0.8)  # noise levels (timestep / 1000, 1 = pure noise) guided
     per_class: int = 8
     classes: list[int] | None = None  # which classes the grids show; None = all
 
     def guidance(self) -> Guidance:
-        """The run's own guidance: scale `cfg` at the noise levels of `cfg_interval`, every channel."""
-        return Guidance(self.cfg, interval=tuple(self.cfg_interval))
+        """The run's own guidance: `guidance_scale` at the noise levels of `guidance_interval`, every channel."""
+        return Guidance(self.guidance_scale, interval=tuple(self.guidance_interval))
 
 
 @dataclass
@@ -143,8 +144,22 @@ def _field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+# Old key -> new key, in any section: config files, overrides and runs written before the rename still
+# read (`current_names`), and so do the settings.json and metrics.json such runs wrote.
+OLD_NAMES = {"cfg": "guidance_scale", "cfg_interval": "guidance_interval", "cfg_channels": "guidance_channels"}
+
+
+def current_names(values: dict, prefix: str = "") -> dict:
+    """`values` with every key of OLD_NAMES under its new name, in the same order; ValueError if both are given
+    (`prefix`, e.g. `sample.`, names the section in the message)."""
+    for old, new in OLD_NAMES.items():
+        if old in values and new in values:
+            raise ValueError(f"'{prefix}{old}' is the old name of '{prefix}{new}'; give only '{prefix}{new}'.")
+    return {OLD_NAMES.get(key, key): value for key, value in values.items()}
+
+
 def _apply(target: Any, values: dict, prefix: str = "") -> None:
-    for key, value in values.items():
+    for key, value in current_names(values, prefix).items():
         if key not in _field_names(type(target)):
             valid = ", ".join(prefix + name for name in _field_names(type(target)))
             raise ValueError(f"Unknown config key '{prefix}{key}'. Valid keys here: {valid}.")
@@ -301,7 +316,7 @@ AT_LEAST = {
     "train.eval_samples": 1,
     "train.eval_steps": 1,
     "sample.steps": 1,
-    "sample.cfg": 0.0,
+    "sample.guidance_scale": 0.0,
     "sample.per_class": 1,
     "flow.logit_std": 0.0,
     "flow.direction_weight": 0.0,
@@ -338,10 +353,10 @@ def validate(config: RunConfig) -> None:
         raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}.")
     if t.ema_std is not None and not 0 < t.ema_std < MAX_EMA_STD:
         raise ValueError(f"train.ema_std must be in (0, {MAX_EMA_STD:.4f}) (EDM2 uses 0.05 to 0.15), got {t.ema_std}.")
-    low, high = config.sample.cfg_interval
+    low, high = config.sample.guidance_interval
     if not 0 <= low <= high <= 1:
         raise ValueError(
-            f"sample.cfg_interval needs 0 <= LOW <= HIGH <= 1 (noise levels, 1 = pure noise), got [{low}, {high}]."
+            f"sample.guidance_interval needs 0 <= LOW <= HIGH <= 1 (noise levels, 1 = pure noise), got [{low}, {high}]."
         )
     if not all(0 <= beta < 1 for beta in t.betas):
         raise ValueError(f"train.betas must both be in [0, 1), got {list(t.betas)}.")

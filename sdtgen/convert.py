@@ -353,11 +353,12 @@ def _load_diffusers_transformer(folder: Path) -> DiTTransformer2DModel:
 
 def _diffusers_config(transformer: DiTTransformer2DModel) -> dict:
     """SDTDiT architecture settings that reproduce a diffusers DiT exactly."""
-    cfg = transformer.config
-    if cfg.activation_fn != "gelu-approximate" or cfg.norm_elementwise_affine or not cfg.attention_bias:
+    config = transformer.config
+    if config.activation_fn != "gelu-approximate" or config.norm_elementwise_affine or not config.attention_bias:
         raise ConversionError(
             "Only DiT's own layout converts (activation_fn='gelu-approximate', norm_elementwise_affine=False, "
-            f"attention_bias=True); this model has {cfg.activation_fn!r}, {cfg.norm_elementwise_affine}, {cfg.attention_bias}."
+            f"attention_bias=True); this model has {config.activation_fn!r}, {config.norm_elementwise_affine}, "
+            f"{config.attention_bias}."
         )
     block = transformer.transformer_blocks[0]
     embedder = block.norm1.emb
@@ -371,19 +372,19 @@ def _diffusers_config(transformer: DiTTransformer2DModel) -> dict:
         )
     hidden = transformer.inner_dim
     out_channels = transformer.out_channels
-    if out_channels not in (cfg.in_channels, 2 * cfg.in_channels):
+    if out_channels not in (config.in_channels, 2 * config.in_channels):
         raise ConversionError(f"out_channels={out_channels} must be in_channels or twice it (learned sigma).")
     return dict(
-        input_size=cfg.sample_size,
-        patch_size=cfg.patch_size,
-        in_channels=cfg.in_channels,
+        input_size=config.sample_size,
+        patch_size=config.patch_size,
+        in_channels=config.in_channels,
         hidden_size=hidden,
-        depth=cfg.num_layers,
-        num_heads=cfg.num_attention_heads,
+        depth=config.num_layers,
+        num_heads=config.num_attention_heads,
         mlp_ratio=block.ff.net[0].proj.out_features / hidden,
-        num_classes=cfg.num_embeds_ada_norm,
+        num_classes=config.num_embeds_ada_norm,
         class_dropout_prob=embedder.class_embedder.dropout_prob,
-        learn_sigma=out_channels == 2 * cfg.in_channels,
+        learn_sigma=out_channels == 2 * config.in_channels,
         timestep_freq_shift=float(time_proj.downscale_freq_shift),
         norm_eps=block.norm1.norm.eps,
         mlp_norm_eps=block.norm3.eps,

@@ -105,14 +105,14 @@ def draw_decay_maps(
     block: int | None = None,
     timestep: float = 100.0,
     seed: int = 0,
-    guidance: float | None = None,
+    guidance_scale: float | None = None,
 ) -> Path:
     """Generate one sample of `class_label` (an id or a name) with `pipe` and render its decay maps to `out`.
 
     The sample is sample 0 of a request with `seed`, drawn with the pipeline's sampler at
-    its default steps and guidance `guidance` (None: `default_guidance`). `block` defaults
-    to the middle block, `token` (row, col) to the grid's centre; `timestep` (0..1000,
-    0 = clean) is the noise level at which the model reads the generated latent.
+    its default steps, guided at every step with `guidance_scale` (None: `default_guidance`).
+    `block` defaults to the middle block, `token` (row, col) to the grid's centre; `timestep`
+    (0..1000, 0 = clean) is the noise level at which the model reads the generated latent.
     """
     model = pipe.transformer
     label = pipe.get_label_ids([class_label])[0]
@@ -124,7 +124,7 @@ def draw_decay_maps(
     token = token or (model.grid[0] // 2, model.grid[1] // 2)
     if not (0 <= token[0] < model.grid[0] and 0 <= token[1] < model.grid[1]):
         raise ValueError(f"Token ({token[0]}, {token[1]}) is outside the {model.grid[0]}x{model.grid[1]} token grid.")
-    scale = default_guidance(model.config) if guidance is None else guidance
+    scale = default_guidance(model.config) if guidance_scale is None else guidance_scale
     latent = generate(pipe, [label], [0], seed=seed, batch_size=1, guidance=Guidance(scale), output_type="latent")
     latent = latent.to(model.device)
     image = pipe.latent_vae().decode(latent)[0]

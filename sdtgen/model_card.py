@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from sdtgen.config import current_names
 from sdtgen.runs import Source
 
 METRICS = (("fid", "FID"), ("is", "IS"), ("kid", "KID"), ("precision", "precision"), ("recall", "recall"))
@@ -107,9 +108,11 @@ def _metrics(metrics: dict[str, Any] | None) -> list[str]:
     shown = [(name, metrics[key]) for key, name in METRICS if metrics.get(key) is not None]
     if metrics.get("class_accuracy") is not None:
         shown.append(("class accuracy", f"{metrics['class_accuracy']:.1%}"))
-    made = metrics.get("provenance", {})
+    made = current_names(metrics.get("provenance", {}))  # a metrics.json of before the rename says cfg
     how = ", ".join(
-        f"{key} {made[key]}" for key in ("num_samples", "sampler", "steps", "cfg", "reference_spec") if key in made
+        f"{key} {made[key]}"
+        for key in ("num_samples", "sampler", "steps", "guidance_scale", "reference_spec")
+        if key in made
     )
     return [
         "## Evaluation",

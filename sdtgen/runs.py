@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from sdtgen.class_names import display_names, id2label_names
-from sdtgen.config import RunConfig
+from sdtgen.config import RunConfig, current_names
 from sdtgen.diffusion.sampling import Guidance, check_steps, default_guidance, make_scheduler, objective_of
 
 if TYPE_CHECKING:
@@ -151,8 +151,9 @@ class Source:
 
     @property
     def sample_defaults(self) -> dict[str, Any]:
-        """The run's `sample:` settings (sampler, steps, cfg, classes) that commands default to; {} outside a run."""
-        return (self.run_config or {}).get("sample") or {}
+        """The run's `sample:` settings (sampler, steps, guidance_scale, classes) that commands default to, under
+        their current names however old the run; {} outside a run."""
+        return current_names((self.run_config or {}).get("sample") or {}, "sample.")
 
     def sample_settings(
         self,
@@ -163,30 +164,19 @@ class Source:
         guidance_interval: tuple[float, float] | list[float] | None = None,
     ) -> SampleSettings:
         """A command's sampler, steps and guidance: each setting it was given, else the run's `sample:` one, else
-        the library's default (see `SampleSettings`). ValueError if the steps or the guidance do not fit the model."""
-        steps = self.sample_defaults.get("steps") if steps is None else steps
+        the library's default (see `SampleSettings`; the guidance scale's is `default_guidance` of the model, the
+        interval's every step). ValueError if the steps or the guidance do not fit the model."""
+        run = self.sample_defaults
+        steps = run.get("steps") if steps is None else steps
         if steps is not None:
             check_steps(steps)
-        guidance = self.guidance(guidance_scale, guidance_channels, guidance_interval)
+        if guidance_scale is None:
+            guidance_scale = default_guidance(self.model_config, run.get("guidance_scale"))
+        if guidance_interval is None:
+            guidance_interval = run.get("guidance_interval") or (0.0, 1.0)
+        guidance = Guidance(guidance_scale, guidance_channels, tuple(guidance_interval))
         guidance.check(self.model_config)
-        return SampleSettings(sampler or self.sample_defaults.get("sampler"), steps, guidance)
-
-    def guidance(
-        self,
-        scale: float | None = None,
-        channels: int | None = None,
-        interval: tuple[float, float] | list[float] | None = None,
-    ) -> Guidance:
-        """A command's guidance: each setting it was given, else the run's `sample:` one, else the library's."""
-        if interval is None:
-            interval = self.sample_defaults.get("cfg_interval") or (0.0, 1.0)
-        return Guidance(self.guidance_scale(scale), channels, tuple(interval))
-
-    def guidance_scale(self, requested: float | None = None) -> float:
-        """`requested`, else the run's sample.cfg, else `default_guidance` of the model."""
-        if requested is not None:
-            return requested
-        return default_guidance(self.model_config, self.sample_defaults.get("cfg"))
+        return SampleSettings(sampler or run.get("sampler"), steps, guidance)
 
     def vae_spec(self, requested: str | None = None) -> str | None:
         """The VAE to load: `requested`, else the run's data.vae; None keeps a pipeline's own. MissingInput if unknown."""

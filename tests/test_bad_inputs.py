@@ -90,7 +90,9 @@ CONFIG_CASES = [
     (["train.lr=.nan"], 2, "'train.lr' must be a number"),
     (["train.ema_decay=1"], 2, "train.ema_decay must be in [0, 1)"),
     (["train.ema_std=0.5"], 2, "train.ema_std must be in (0, 0.2887)"),
-    (["sample.cfg_interval=[0.9,0.1]"], 2, "sample.cfg_interval needs 0 <= LOW <= HIGH <= 1"),
+    (["sample.guidance_interval=[0.9,0.1]"], 2, "sample.guidance_interval needs 0 <= LOW <= HIGH <= 1"),
+    (["sample.cfg_interval=[0.9,0.1]"], 2, "sample.guidance_interval needs 0 <= LOW <= HIGH <= 1"),  # its old name
+    (["sample.cfg=2", "sample.guidance_scale=3"], 2, "'sample.cfg' is the old name of 'sample.guidance_scale'"),
     (["train.betas=[0.9]"], 2, "'train.betas' must be a list of 2"),
     (["train.tf32=yes please"], 2, "'train.tf32' must be true or false"),
     (["train.micro_batch_size=abc"], 2, "must be an integer or null"),

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from sdtgen.cli import COMMANDS, main, options
+from sdtgen.cli import COMMANDS, build_parser, main, options
+from sdtgen.config import load_config
 from sdtgen.diffusion.sampling import DEFAULT_GUIDANCE, SAMPLERS, Guidance
 from sdtgen.models.attention import ATTENTION_VARIANTS
 from sdtgen.runs import (
@@ -74,6 +75,32 @@ def test_sample_settings_are_each_flag_else_the_runs_else_the_librarys(tmp_path)
         run.sample_settings(steps=0)
     with pytest.raises(ValueError, match="guided channels must be 1..4"):
         run.sample_settings(guidance_channels=5)
+
+
+def test_the_old_guidance_names_still_work(tmp_path):
+    """Guidance was `cfg` before: the flags --cfg, --cfg-channels, --cfg-interval, the keys sample.cfg and
+    sample.cfg_interval in overrides, and an old run's config.yaml with them all read as the guidance_* names."""
+    parser = build_parser()
+    for command in ("sample", "eval"):
+        old = parser.parse_args([command, "--cfg", "1.5", "--cfg-channels", "3", "--cfg-interval", "0.1", "0.7"])
+        new = ["--guidance-scale", "1.5", "--guidance-channels", "3", "--guidance-interval", "0.1", "0.7"]
+        assert vars(old) == vars(parser.parse_args([command, *new]))
+        shown = old.parser.format_help()
+        assert "[--guidance-scale S]" in shown and "--cfg" in shown  # the new name first, the old one listed
+    assert parser.parse_args(["inspect", "--class", "0", "--cfg", "2"]).guidance_scale == 2.0
+    overrides = ("sample.cfg=1.5", "sample.cfg_interval=[0.1,0.7]")
+    run = write_run(tmp_path / "run", random_model(), overrides=overrides)
+    settings = SampleSettings(None, 3, Guidance(1.5, None, (0.1, 0.7)))
+    assert find_source(run).sample_settings() == settings
+    # A run written before the rename: its config.yaml says cfg, and its checkpoint records no config.
+    config = run / CONFIG_FILE
+    config.write_text(
+        config.read_text().replace("guidance_scale:", "cfg:").replace("guidance_interval:", "cfg_interval:")
+    )
+    assert "  cfg: 1.5\n" in config.read_text()
+    (list_checkpoints(run / "checkpoints")[0] / "trainer_state.json").write_text(json.dumps({"step": 2}))
+    assert find_source(run).sample_settings() == settings
+    assert load_config(config).sample.guidance() == settings.guidance
 
 
 @pytest.mark.slow

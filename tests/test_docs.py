@@ -65,7 +65,8 @@ LADDER_SHRUNK = (
 # ImageNet, at 64 px (8x8 latents, the stand-in DiTs' size) so that encoding it stays short.
 IMAGENET_64 = "data.dataset={imagenet} data.image_size=64"
 
-# The ablation shrunk: 2 steps a run, 3 variants x 2 seeds, 20 samples of one sampler step, one cost round.
+# The 2023 ablation shrunk: 2 steps a run, 3 variants x 2 seeds, 20 samples of one sampler step, one cost round
+# (tests/test_ablation.py runs the current study so).
 ABLATION_SHRUNK = (
     " --steps 2 --eval-every 1 --eval-samples 20 --eval-steps 1 --seeds 0 1 --variants vanilla fixed sdt"
     " --spread-seeds 2 --noise-levels 0.5 --cost-repeats 1"
@@ -124,11 +125,8 @@ PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
         ("sdtgen extract-latents --verify --out cache/imagenet256-latents", ()),
     ),
     "ablation.md": (
-        ("python scripts/ablation.py", (("scripts/ablation.py", "scripts/ablation.py" + ABLATION_SHRUNK),)),
-        (
-            "python scripts/ablation.py --grids 64 256 --report-only --publish docs/ablation",
-            (("--report-only", ABLATION_SHRUNK + " --report-only"),),
-        ),
+        ("python scripts/ablation.py --study dit2023", (("--study dit2023", "--study dit2023" + ABLATION_SHRUNK),)),
+        ("python scripts/ablation.py --study dit2023 --report-only --publish docs/ablation", ()),
     ),
     "recipe.md": (
         # Two rows of the ladder on a tiny pixel-space model, 2 steps, scored on 20 samples,
@@ -153,7 +151,7 @@ PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
         ("sdtgen convert --from diffusers DiT-XL-2-256 --out models/dit-xl-2", ()),
         (
             'sdtgen sample --ckpt models/dit-xl-2 --vae DiT-XL-2-256/vae --class "golden retriever" --num 8 --sampler ddpm '
-            "--steps 250 --cfg 4 --cfg-channels 3",
+            "--steps 250 --guidance-scale 4 --guidance-channels 3",
             (),
         ),
         ("sdtgen export --ckpt models/dit-xl-2 --vae DiT-XL-2-256/vae --out pipelines/dit-xl-2", ()),
@@ -171,7 +169,7 @@ PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
             "data.latent_cache=cache/flowers256-sd-vae-ft-ema model.preset=S/2 objective=ddpm output_dir=runs/flowers-sdt-s2 "
             "train.max_steps=100000 train.global_batch_size=256 train.lr=1e-4 train.ema_decay=0.9999 train.ema_warmup=false "
             "train.warmup_steps=0 train.checkpoint_every=10000 train.log_every=100 sample.sampler=ddpm sample.steps=250 "
-            "sample.cfg=1.5 sample.per_class=4",
+            "sample.guidance_scale=1.5 sample.per_class=4",
             (
                 ("model.preset=S/2", "model.preset=S/2" + TINY_MODEL),
                 ("train.max_steps=100000", "train.max_steps=2"),
@@ -202,6 +200,17 @@ PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
 # Commands that differ from one that runs (here or in tests/test_readme.py) only as the
 # replacements show: other names, paths and counts, or options that the other run covers.
 SAME_AS: dict[str, tuple[tuple[str, str], ...]] = {
+    # A report from another results file: tests/test_ablation.py reports the current study's.
+    "python scripts/ablation.py --report-only": (
+        ("--report-only", "--study dit2023 --report-only --publish docs/ablation"),
+    ),
+    "python scripts/ablation.py --study dit2023 --out runs/ablation-full --report-only --publish docs/ablation-full": (
+        ("--out runs/ablation-full ", ""),
+        ("docs/ablation-full", "docs/ablation"),
+    ),
+    "python scripts/ablation.py --report-only --out docs/ablation": (
+        ("--report-only --out docs/ablation", "--study dit2023 --report-only --publish docs/ablation"),
+    ),
     "python benchmarks/bench_model.py --repeats 5 --markdown": (
         ("--repeats 5", "--preset T/2 --input-size 16 --batch 128 --repeats 7"),
     ),
@@ -236,7 +245,7 @@ SAME_AS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     # RUN, a run folder: the README's ImageNet run, there on two processes; --sampler as in sampling.md.
     "accelerate launch -m sdtgen.cli eval --ckpt RUN --num-samples 50000 --labels uniform --sampler ddpm --steps 250 "
-    "--cfg 1.5 --ref VIRTUAL_imagenet256_labeled.npz --inception-weights weights-inception-2015-12-05-6726825d.pth "
+    "--guidance-scale 1.5 --ref VIRTUAL_imagenet256_labeled.npz --inception-weights weights-inception-2015-12-05-6726825d.pth "
     "--out eval/xl2": (
         ("launch -m", "launch -q --multi_gpu --num_processes 8 -m"),
         ("RUN", "runs/imagenet256_sdt_xl2"),
@@ -245,7 +254,7 @@ SAME_AS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "sdtgen sample --ckpt runs/sdt-xl-2-finetune --class 207 --num 8": (
         ("sdt-xl-2-finetune", "imagenet256_sdt_xl2"),
-        ("--num 8", "--cfg 4.0 --sampler dpm++ --steps 25 --seed 1 --out samples/"),
+        ("--num 8", "--guidance-scale 4.0 --sampler dpm++ --steps 25 --seed 1 --out samples/"),
     ),
     # data.dataset and data.latent_cache: as in the flowers runs above.
     "accelerate launch --multi_gpu --num_processes 8 scripts/train_gen.py --config configs/imagenet256_sdt_xl2.yaml "
@@ -260,12 +269,13 @@ SAME_AS: dict[str, tuple[tuple[str, str], ...]] = {
 
 # The measurement docs/sampling.md reports: minutes a point on the recipe's run; the planned 20-sample run covers the code.
 CURVE_ON_THE_BUILT_IN_MODEL = "the sampler curve of the built-in model (RUN: the recipe sweep's run), minutes a point"
+HOURS_OF_CPU = "hours of CPU; the lead runs them"  # the current ablation study (tests/test_ablation.py runs it shrunk)
 NOT_RUN = {
     "python benchmarks/bench_model.py --table --math --repeats 5 --markdown": "times four tables of every variant "
     "and backend, minutes here; the planned bench_model run covers the timing code and test_model the auto column",
     "python benchmarks/bench_model.py --preset S/2 --input-size 32 --batch 8 --dtype bf16 --variants vanilla sdt --math "
     "--repeats 5 --markdown": "S/2 training steps, minutes here; the planned bench_model run covers the code",
-    "sdtgen eval --ckpt runs/ladder-curves/final-2400-s0 --cfg 3 --cfg-interval 0 0.8": "needs the ladder's run of the "
+    "sdtgen eval --ckpt runs/ladder-curves/final-2400-s0 --guidance-scale 3 --guidance-interval 0 0.8": "needs the ladder's run of the "
     "main job's length (about 15 minutes here); evaluation.md's planned evals cover the command and test_sampling "
     "the interval",
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers dpm++ --nfe 4 8 12 25": CURVE_ON_THE_BUILT_IN_MODEL,
@@ -277,17 +287,18 @@ NOT_RUN = {
     "--results docs/recipe_curves.json --plot base +batch32 final": "two runs of the main job's length with four "
     "evaluations each, about 35 minutes on a bf16 CPU; the planned ladder run covers the code but --plot, which "
     "test_recipe_page runs",
-    "python scripts/ablation.py --grids 256 --cost-only": "times five T/1 models' training steps, about 2 minutes here; "
+    "python scripts/ablation.py --study dit2023 --grids 256 --cost-only": "times five T/1 models' training steps, "
+    "about 2 minutes here; "
     "the planned run times the T/2 steps with the same code",
-    "python scripts/ablation.py --grids 256": "the 256-token study, about 7.5 hours here (docs/ablation.md)",
-    "python scripts/ablation.py --grids 64 256 --steps 1200 --eval-every 200 --eval-samples 1000 --out runs/ablation-full": "the "
-    "full study, days on 2 cores (docs/ablation.md); the planned run covers its code",
-    "python scripts/ablation.py --steps 1200 --eval-every 200 --eval-samples 1000 --out runs/ablation-full --variants "
+    "python scripts/ablation.py --study dit2023 --grids 256": "the 256-token study, about 7.5 hours here (docs/ablation.md)",
+    "python scripts/ablation.py --study dit2023 --grids 64 256 --steps 1200 --eval-every 200 --eval-samples 1000 "
+    "--out runs/ablation-full": "the full study, days on 2 cores (docs/ablation.md); the planned run covers its code",
+    "python scripts/ablation.py --study dit2023 --steps 1200 --eval-every 200 --eval-samples 1000 --out runs/ablation-full --variants "
     "fixed sdt --seeds 0 1": "four full-length runs, ~25 minutes each here, then their eval spread and content; the "
     "planned run covers its code",
-    "python scripts/ablation.py --steps 1200 --eval-every 200 --eval-samples 1000 --out runs/ablation-full "
-    "--report-only --publish docs/ablation-full": "reads the full-length runs (hours to train); the planned "
-    "--report-only run covers its code",
+    "python scripts/ablation.py --seeds 0 1 2 3 4": HOURS_OF_CPU,
+    "python scripts/ablation.py --grids 256 --variants vanilla fixed sdt --seeds 0 1 2 3 4 --steps 4800 "
+    "--eval-every 1200": HOURS_OF_CPU,
     "python scripts/train_vae.py --out sdtgen/assets/vae": "rebuilds the shipped VAE; 20 s even at 2 steps, as it encodes "
     "all 10,000 images for the scaling factor and the test PSNR",
     "hf download facebook/DiT-XL-2-256 --local-dir DiT-XL-2-256": "needs the network; the test lays out that folder itself",
@@ -440,7 +451,7 @@ def test_ablation_page(scratch):
         "paired.png",
         "content.png",
     }
-    report = outputs["python scripts/ablation.py --grids 64 256 --report-only --publish docs/ablation"]
+    report = outputs["python scripts/ablation.py --study dit2023 --report-only --publish docs/ablation"]
     assert "Paired differences" in report
     assert "| sdt - fixed | FID |" in report  # the gaps at each evaluated step (steps 1 and 2)
     assert "## 256 tokens" not in report  # asked for, but none of its runs exists: no empty section

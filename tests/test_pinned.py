@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
 from sdtgen.diffusion.sampling import Guidance, denoise, make_scheduler, sample_generators
-from sdtgen.evaluation.metrics import per_class_accuracy
+from sdtgen.evaluation.metrics import metrics_from_features
 from sdtgen.models.dit import SDTDiT
 
 
@@ -71,20 +70,19 @@ def test_dpm_solver_trajectory_is_pinned():
     torch.testing.assert_close(latents[:, :, -1, -1], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_fid_and_class_accuracy_are_pinned():
-    """FID from fixed features through the statistics and Frechet distance `compute_metrics` uses
-    (torch-fidelity's), and class accuracy from fixed logits through `per_class_accuracy`."""
+def test_metrics_from_features_are_pinned():
+    """FID, class accuracy (and IS / KID on the way) from fixed features and logits, through
+    `metrics_from_features`, the half of `compute_metrics` that follows feature extraction."""
     generator = torch.Generator().manual_seed(0)
     reference = torch.randn(300, 8, generator=generator)
-    samples = 0.8 * torch.randn(200, 8, generator=generator) + 0.1
-    fid = fid_statistics_to_metric(
-        fid_features_to_statistics(samples), fid_features_to_statistics(reference), verbose=False
-    )["frechet_inception_distance"]
-    assert fid == pytest.approx(0.678722, rel=1e-4)
-
+    features = 0.8 * torch.randn(200, 8, generator=generator) + 0.1
     labels = torch.randint(0, 10, (200,), generator=generator)
     logits = torch.randn(200, 10, generator=generator) + 1.5 * torch.nn.functional.one_hot(labels, 10)
-    correct = logits.argmax(dim=1) == labels
-    accuracy, counts = per_class_accuracy(correct, labels)
-    assert correct.float().mean().item() == pytest.approx(0.51)
-    assert (accuracy["bear"], accuracy["zebra"], counts["giraffe"]) == pytest.approx((9 / 19, 13 / 19, 27))
+    metrics = metrics_from_features(features, logits, reference, labels, kid_subset_size=100)
+    assert metrics["fid"] == pytest.approx(0.678722, rel=1e-4)
+    assert metrics["class_accuracy"] == pytest.approx(0.51)
+    per_class = metrics["class_accuracy_per_class"]
+    assert (per_class["bear"], per_class["zebra"], metrics["class_counts"]["giraffe"]) == pytest.approx(
+        (9 / 19, 13 / 19, 27)
+    )
+    assert (metrics["is"], metrics["kid"]) == pytest.approx((1.573885, 0.1011357), rel=1e-4)

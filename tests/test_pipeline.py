@@ -86,7 +86,9 @@ def test_export_loads_with_diffusers_generic_loader_and_has_a_model_card(run, tm
     monkeypatch.setattr(
         dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules")
     )  # diffusers copies code there
-    (run / "metrics.json").write_text(json.dumps({"fid": 12.5, "class_accuracy": 0.9, "provenance": {"steps": 3}}))
+    # From before the rename, when metrics.json called the guidance scale cfg.
+    provenance = {"steps": 3, "cfg": 1.5}
+    (run / "metrics.json").write_text(json.dumps({"fid": 12.5, "class_accuracy": 0.9, "provenance": provenance}))
     try:
         assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "pipe"), "--license", "mit"]) == 0
     finally:
@@ -103,6 +105,7 @@ def test_export_loads_with_diffusers_generic_loader_and_has_a_model_card(run, tm
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "diffusers" and front["license"] == "mit" and "sdtgen" in front["tags"]
     assert "4 dog" in card and "| objective | flow |" in card and "| FID | 12.5 |" in card and "90.0%" in card
+    assert "(steps 3, guidance_scale 1.5)" in card
     assert "trust_remote_code=True" in card
 
 
@@ -117,10 +120,10 @@ def test_export_refuses_to_write_into_another_folder(run, tmp_path, capsys):
 
 
 def test_default_guidance_is_defined_once(run):
-    """The pipeline and Guidance share DEFAULT_GUIDANCE (a run's own sample.cfg, the built-in recipe's 3 at noise
+    """The pipeline and Guidance share DEFAULT_GUIDANCE (a run's own sample.guidance_scale, the built-in recipe's 3 at noise
     levels up to 0.8, is what commands on a run use); a model without a null class is unguided."""
     assert Guidance() == Guidance(DEFAULT_GUIDANCE, None, (0.0, 1.0))
-    assert (SampleConfig().cfg, SampleConfig().cfg_interval) == (3.0, (0.0, 0.8))
+    assert SampleConfig().guidance() == Guidance(3.0, None, (0.0, 0.8))
     pipe = load_pipeline(find_source(run))
     kwargs = dict(class_labels=[1, 2], num_inference_steps=2, output_type="pt")
     default = pipe(generator=generators(2), **kwargs).images

@@ -112,10 +112,10 @@ STAND_INS = {
             + " train.max_steps=4 train.resume=latest",
         ),
     ),
-    "sdtgen sample --ckpt runs/imagenet256_sdt_xl2 --class 207 --cfg 4.0 --sampler dpm++ --steps 25 --seed 1 --out samples/": (),
+    "sdtgen sample --ckpt runs/imagenet256_sdt_xl2 --class 207 --guidance-scale 4.0 --sampler dpm++ --steps 25 --seed 1 --out samples/": (),
     # FID-50K: 8 samples; the ADM reference batch and the Inception weights are stand-in files.
     "accelerate launch -q --multi_gpu --num_processes 8 -m sdtgen.cli eval --ckpt runs/imagenet256_sdt_xl2 --num-samples 50000 "
-    "--labels uniform --steps 250 --cfg 1.5 --ref VIRTUAL_imagenet256_labeled.npz "
+    "--labels uniform --steps 250 --guidance-scale 1.5 --ref VIRTUAL_imagenet256_labeled.npz "
     "--inception-weights weights-inception-2015-12-05-6726825d.pth --out eval/imagenet256_sdt_xl2": (
         EIGHT_GPUS,
         ("--num-samples 50000", "--num-samples 8"),
@@ -280,7 +280,7 @@ def test_imagenet_recipe_runs_with_stand_ins(tmp_path):
     provenance = metrics["provenance"]
     assert all(np.isfinite(metrics[key]) for key in ("fid", "is", "kid", "precision", "recall"))
     assert provenance["feature_extractor"] == "inception-v3-compat"
-    assert (provenance["num_samples"], provenance["labels"], provenance["steps"], provenance["cfg"]) == (
+    assert (provenance["num_samples"], provenance["labels"], provenance["steps"], provenance["guidance_scale"]) == (
         8,
         "uniform",
         250,

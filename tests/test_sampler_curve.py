@@ -86,7 +86,7 @@ def test_points_shared_between_parts_resume_and_outputs(tmp_path, monkeypatch, m
         tmp_path / "run",
         random_model("flow", input_size=16),
         objective="flow",
-        overrides=("sample.cfg=2", "sample.cfg_interval=[0,1]"),
+        overrides=("sample.guidance_scale=2", "sample.guidance_interval=[0,1]"),
     )
     out = tmp_path / "curve"
     argv = ["--ckpt", str(run), "--num-samples", "20", "--batch-size", "20", "--guidance-scales", "1", "2"]
@@ -98,7 +98,7 @@ def test_points_shared_between_parts_resume_and_outputs(tmp_path, monkeypatch, m
             {"fid": float(images.mean()), "class_accuracy": 0.5, "class_accuracy_per_class": {}}
         ),
     )
-    measured = []  # (sampler, steps, cfg, model calls) of each point measured; one batch a point
+    measured = []  # (sampler, steps, guidance scale, model calls) of each point measured; one batch a point
     measure = curve.measure
 
     def counted(pipe, spec, batch_size, stop_after=None):
@@ -106,7 +106,7 @@ def test_points_shared_between_parts_resume_and_outputs(tmp_path, monkeypatch, m
             raise Interrupt
         before = len(model_calls)
         point = measure(pipe, spec, batch_size)
-        measured.append((spec["sampler"], spec["steps"], spec["cfg"], len(model_calls) - before))
+        measured.append((spec["sampler"], spec["steps"], spec["guidance_scale"], len(model_calls) - before))
         return point
 
     # Interrupted after two points: the JSON keeps both.
@@ -116,30 +116,38 @@ def test_points_shared_between_parts_resume_and_outputs(tmp_path, monkeypatch, m
     assert len(json.loads((out / "sampler_curve.json").read_text())["points"]) == 2
 
     # Resumed: the rest. Targets 3 and 4 give Heun 2 steps once; the guidance part's scale 2 at the run's
-    # sampler and steps (the flow default, 3 steps) is the nfe part's point at the run's sample.cfg, 2.
+    # sampler and steps (the flow default, 3 steps) is the nfe part's point at the run's sample.guidance_scale, 2.
     monkeypatch.setattr(curve, "measure", counted)
     assert curve.main([*argv, "--nfe", "3", "4"]) == 0
     points = json.loads((out / "sampler_curve.json").read_text())["points"]
     assert len(measured) == len(points) == len({(s, k, c) for s, k, c, _ in measured})
     for sampler in SAMPLERS["flow"]:
-        chosen = {p["steps"] for p in points if p["sampler"] == sampler and p["cfg"] == 2.0}
+        chosen = {p["steps"] for p in points if p["sampler"] == sampler and p["guidance_scale"] == 2.0}
         assert chosen == expected_steps(sampler, [3, 4])
-    run_sampler = [p for p in points if p["cfg"] == 1.0][0]["sampler"]
+    run_sampler = [p for p in points if p["guidance_scale"] == 1.0][0]["sampler"]
     assert run_sampler == DEFAULT_SAMPLER["flow"]
-    assert sorted((p["steps"], p["cfg"]) for p in points if p["sampler"] == run_sampler) == [
+    assert sorted((p["steps"], p["guidance_scale"]) for p in points if p["sampler"] == run_sampler) == [
         (3, 1.0),
         (3, 2.0),
         (4, 2.0),
     ]
     by_point = {(s, k, c): n for s, k, c, n in measured}
     for p in points:
-        assert p["nfe"] == by_point[p["sampler"], p["steps"], p["cfg"]] == closed_form_nfe(p["sampler"], p["steps"])
+        key = (p["sampler"], p["steps"], p["guidance_scale"])
+        assert p["nfe"] == by_point[key] == closed_form_nfe(p["sampler"], p["steps"])
         assert p["num_samples"] == 20 and p["seed"] == 0 and p["seconds"] >= p["sampling_seconds"] >= 0
 
     # Run again with one more target: only its new point is sampled.
     measured.clear()
     assert curve.main([*argv, "--nfe", "3", "4", "6", "--samplers", "heun"]) == 0
     assert measured == [("heun", 3, 2.0, 5)]
+
+    # A JSON of before the rename, which called the guidance scale cfg, still holds its points.
+    saved = out / "sampler_curve.json"
+    saved.write_text(saved.read_text().replace('"guidance_scale"', '"cfg"'))
+    measured.clear()
+    assert curve.main([*argv, "--nfe", "3", "4", "6", "--samplers", "heun"]) == 0
+    assert measured == []
 
     for name in ("sampler_curve.json", "sampler_curve.md", "sampler_curve.png", "guidance_curve.png"):
         assert (out / name).stat().st_size > 0, name

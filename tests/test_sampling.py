@@ -20,7 +20,6 @@ from sdtgen.cli.sample import SamplePlan, sample_images
 from sdtgen.config import load_config
 from sdtgen.diffusion.flow_dpm_solver import FlowMatchDPMSolverMultistepScheduler
 from sdtgen.diffusion.sampling import (
-    DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     SAMPLERS,
     Guidance,
@@ -72,18 +71,9 @@ def test_outputs_are_named_by_class_and_index(ddpm_run, tmp_path):
     ]
     settings = json.loads(files["settings.json"])
     # The run's sample config.
-    assert settings["steps"] == 3 and settings["cfg"] == 3.0 and settings["scheduler"] == "DDIMScheduler"
-    assert settings["cfg_interval"] == [0.0, 0.8]  # the run's sample.cfg_interval
+    assert settings["steps"] == 3 and settings["guidance_scale"] == 3.0 and settings["scheduler"] == "DDIMScheduler"
+    assert settings["guidance_interval"] == [0.0, 0.8]  # the run's sample.guidance_interval
     assert settings["classes"] == [4, 1] and settings["vae"] == "builtin"
-
-
-def test_guidance_flags_else_the_run_settings_else_the_library_defaults(ddpm_run, tmp_path):
-    source = find_source(str(ddpm_run))
-    assert source.guidance() == Guidance(3.0, None, (0.0, 0.8))  # the run's sample: config
-    assert source.guidance(1.5, 3, [0.2, 0.6]) == Guidance(1.5, 3, (0.2, 0.6))  # every flag given wins
-    bare = tmp_path / "model"
-    random_model().save_pretrained(bare)  # a model folder has no run settings
-    assert find_source(str(bare)).guidance() == Guidance(DEFAULT_GUIDANCE, None, (0.0, 1.0))
 
 
 def assert_same_outputs(a: dict[str, bytes], b: dict[str, bytes]) -> None:
@@ -101,7 +91,7 @@ def assert_same_outputs(a: dict[str, bytes], b: dict[str, bytes]) -> None:
 
 
 def test_batch_size_does_not_change_any_image(ddpm_run, tmp_path):
-    request = ["--class", "3", "--class", "7", "--num", "3", "--sampler", "ddpm", "--steps", "4", "--cfg", "3"]
+    request = "--class 3 --class 7 --num 3 --sampler ddpm --steps 4 --guidance-scale 3".split()
     one = sample(ddpm_run, tmp_path / "one", *request, "--batch-size", "1")
     four = sample(ddpm_run, tmp_path / "four", *request, "--batch-size", "4")
     assert_same_outputs(one, four)
@@ -111,7 +101,7 @@ def test_sample_i_depends_only_on_seed_and_i(ddpm_run):
     """Disjoint index ranges (as processes take them) give the images of the whole request."""
     args = build_parser().parse_args(
         ["sample", "--ckpt", str(ddpm_run), "--num", "3", "--class", "2", "--class", "5", "--seed", "7"]
-        + ["--cfg", "2", "--cfg-interval", "0", "1"]  # the pipeline call below guides every step
+        + ["--guidance-scale", "2", "--guidance-interval", "0", "1"]  # the pipeline call below guides every step
     )
     plan = SamplePlan.from_args(args, find_source(ddpm_run))
     pipe = load_pipeline(plan.source, sampler="ddpm")
@@ -173,7 +163,7 @@ def fixed_predictions(cond: torch.Tensor, uncond: torch.Tensor):
     return lambda x, t, y: torch.where((y == 10).view(-1, 1, 1, 1), uncond.repeat(2, 1, 1, 1), cond.repeat(2, 1, 1, 1))
 
 
-def test_cfg_channels_guide_only_the_first_n_channels():
+def test_guidance_channels_guide_only_the_first_n_channels():
     g = torch.Generator().manual_seed(0)
     cond, uncond = torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 8, 4, 4, generator=g)
     model, x = fixed_predictions(cond, uncond), torch.zeros(2, 4, 4, 4)
@@ -220,7 +210,7 @@ def test_every_ckpt_kind_gives_the_same_images(ddpm_run, tmp_path):
         "model": ddpm_run / "checkpoints" / "checkpoint-2" / "model",
         "pipeline": tmp_path / "pipe",
     }
-    request = ["--class", "2", "--num", "2", "--steps", "3", "--cfg", "2"]
+    request = ["--class", "2", "--num", "2", "--steps", "3", "--guidance-scale", "2"]
     grids = {kind: sample(folder, tmp_path / kind, *request)["grid.png"] for kind, folder in folders.items()}
     assert {kind: find_source(folder).kind for kind, folder in folders.items()} == {kind: kind for kind in folders}
     assert len(set(grids.values())) == 1
@@ -234,7 +224,7 @@ def test_flow_run_in_pixel_space(flow_run, tmp_path, capsys):
     assert "9-zebra-001.png" in files
     settings = json.loads(files["settings.json"])
     # No null class: no guidance.
-    assert settings["scheduler"] == "FlowMatchHeunDiscreteScheduler" and settings["cfg"] == 1.0
+    assert settings["scheduler"] == "FlowMatchHeunDiscreteScheduler" and settings["guidance_scale"] == 1.0
 
 
 def test_list_classes(ddpm_run, tmp_path, capsys):
@@ -281,10 +271,10 @@ def bad_inputs(ddpm_run, flow_run, tmp_path) -> dict[str, tuple[list[str], str]]
         "not a model folder": (["--ckpt", str(tmp_path)], "none of a run folder"),
         "bare model, no vae": (["--ckpt", str(bare)], "pass --vae"),
         "steps < 1": ([*run, "--steps", "0"], "at least 1"),
-        "negative guidance": ([*run, "--cfg", "-1"], "must be >= 0"),
-        "guidance without null class": (["--ckpt", str(flow_run), "--cfg", "2"], "without label dropout"),
-        "cfg channels": ([*run, "--cfg-channels", "5"], "1..4"),
-        "cfg interval": ([*run, "--cfg-interval", "0.8", "0.2"], "LOW <= HIGH"),
+        "negative guidance": ([*run, "--guidance-scale", "-1"], "must be >= 0"),
+        "guidance without null class": (["--ckpt", str(flow_run), "--guidance-scale", "2"], "without label dropout"),
+        "guidance channels": ([*run, "--guidance-channels", "5"], "1..4"),
+        "guidance interval": ([*run, "--guidance-interval", "0.8", "0.2"], "LOW <= HIGH"),
         "sampler of another objective": (
             ["--ckpt", str(flow_run), "--sampler", "ddim"],
             "does not fit objective 'flow'",
@@ -308,8 +298,8 @@ def bad_inputs(ddpm_run, flow_run, tmp_path) -> dict[str, tuple[list[str], str]]
         "steps < 1",
         "negative guidance",
         "guidance without null class",
-        "cfg channels",
-        "cfg interval",
+        "guidance channels",
+        "guidance interval",
         "sampler of another objective",
         "no samples",
         "1000 classes, none chosen",
@@ -340,7 +330,8 @@ def test_sample_redraws_the_trainers_grid(tmp_path):
     """A really trained run: same seed rule, same defaults (the run's sample config), same decoding."""
     run = train(
         load_config(
-            None, [f"output_dir={tmp_path / 'run'}", *test_training.TINY, "train.max_steps=2", "sample.cfg=1.5"]
+            None,
+            [f"output_dir={tmp_path / 'run'}", *test_training.TINY, "train.max_steps=2", "sample.guidance_scale=1.5"],
         )
     )
     ours = sample(run, tmp_path / "out", "--num", "1")["grid.png"]

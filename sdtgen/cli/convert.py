@@ -96,9 +96,9 @@ def run(args: argparse.Namespace) -> None:
     else:
         model = convert_diffusers_dit(args.source, attention=args.attention, **overrides)
     model.save_pretrained(args.out)
-    cfg = model.config
+    config = model.config
     print(
-        f"Saved SDTDiT (depth {cfg.depth}, width {cfg.hidden_size}, {cfg.num_heads} heads, patch {cfg.patch_size}, "
-        f"{cfg.input_size}x{cfg.input_size}x{cfg.in_channels} input, {cfg.num_classes} classes, attention {cfg.attention}) "
-        f"to {args.out}"
+        f"Saved SDTDiT (depth {config.depth}, width {config.hidden_size}, {config.num_heads} heads, "
+        f"patch {config.patch_size}, {config.input_size}x{config.input_size}x{config.in_channels} input, "
+        f"{config.num_classes} classes, attention {config.attention}) to {args.out}"
     )

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from sdtgen.cli.options import (
     DTYPES,
-    SHOWN_DEFAULT_GUIDANCE,
-    add_cfg_interval,
+    add_guidance_arguments,
     asking_for_flags,
     check_seed,
     out_folder,
@@ -29,7 +28,7 @@ torch hub's cache (the error message names it).
 examples:
   sdtgen eval --ckpt runs/animals-sdt --num-samples 1000 --out eval/animals-sdt
   accelerate launch -m sdtgen.cli eval --ckpt runs/imagenet256_sdt_xl2 --num-samples 50000 \\
-      --labels uniform --cfg 1.5 --sampler ddpm --steps 250 --ref VIRTUAL_imagenet256_labeled.npz \\
+      --labels uniform --guidance-scale 1.5 --sampler ddpm --steps 250 --ref VIRTUAL_imagenet256_labeled.npz \\
       --inception-weights weights-inception-2015-12-05-6726825d.pth --out eval/xl2
   sdtgen eval --samples eval/xl2/samples.npz --ref animals
 """
@@ -60,11 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--ref", default="animals", help="reference: animals (default), an .npz reference batch, or an image folder"
     )
-    parser.add_argument(
-        "--cfg", type=float, help=f"guidance scale (default: the run's sample.cfg, else {SHOWN_DEFAULT_GUIDANCE:g})"
-    )
-    parser.add_argument("--cfg-channels", type=int, help="guide only the first N latent channels (default: all)")
-    add_cfg_interval(parser)
+    add_guidance_arguments(parser)
     parser.add_argument("--sampler", help="sampler (default: the run's, else the objective's default)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's, else the sampler's default)")
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed * 1000003 + i (default: 0)")
@@ -121,14 +116,16 @@ def run(args: argparse.Namespace) -> None:
 
 def _sample_checkpoint(args: argparse.Namespace):
     """(images, labels, settings) of --num-samples samples of --ckpt, as evaluate.sample_eval_set, with the
-    model's provenance added; the run's `sample:` config gives the defaults of --sampler, --steps and --cfg."""
+    model's provenance added; the run's `sample:` config gives the defaults of --sampler, --steps and --guidance-*."""
     from sdtgen.data.latents import file_sha256
     from sdtgen.distributed import process_state
     from sdtgen.evaluation.evaluate import sample_eval_set
     from sdtgen.runs import find_source, load_pipeline
 
     source = find_source(args.ckpt)
-    sampling = source.sample_settings(args.sampler, args.steps, args.cfg, args.cfg_channels, args.cfg_interval)
+    sampling = source.sample_settings(
+        args.sampler, args.steps, args.guidance_scale, args.guidance_channels, args.guidance_interval
+    )
     pipe = load_pipeline(source, vae=args.vae, sampler=sampling.sampler, dtype=torch_dtype(args.dtype))
     pipe.to(process_state().device).set_progress_bar_config(disable=True)
     images, labels, settings = sample_eval_set(

@@ -33,9 +33,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated sample (default: 0)")
     parser.add_argument(
+        "--guidance-scale",
         "--cfg",
         type=float,
-        help=f"guidance scale for the sample (default: the run's sample.cfg, else {SHOWN_DEFAULT_GUIDANCE:g}; 1 for a model trained without label dropout)",
+        metavar="S",
+        help=f"guidance scale for the sample, at every step (default: the run's sample.guidance_scale, else "
+        f"{SHOWN_DEFAULT_GUIDANCE:g}; 1 for a model trained without label dropout)",
     )
     parser.add_argument("--vae", help="VAE override (default: the run's)")
     parser.set_defaults(run=run, parser=parser)
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> None:
     check_seed(args.seed, 1)
     with asking_for_flags(args):
         source = find_source(args.ckpt)
+        guidance = source.sample_settings(guidance_scale=args.guidance_scale).guidance  # its scale, at every step
         pipe = load_pipeline(source, vae=args.vae)
     path = draw_decay_maps(
         pipe,
@@ -60,6 +64,6 @@ def run(args: argparse.Namespace) -> None:
         block=args.block,
         timestep=args.timestep,
         seed=args.seed,
-        guidance=source.guidance_scale(args.cfg),
+        guidance_scale=guidance.scale,
     )
     print(f"Wrote {path}")

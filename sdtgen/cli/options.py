@@ -14,20 +14,37 @@ from pathlib import Path
 
 ATTENTION_VARIANTS = ("vanilla", "fixed", "learned-fixed", "sdt", "sdt-decomposed")  # sdtgen.models.attention
 SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++"), "flow": ("euler", "heun", "dpm++")}  # sdtgen.diffusion.sampling
-# Shown in --help; the value used is sdtgen.diffusion.sampling.DEFAULT_GUIDANCE (the library fills in an absent --cfg).
+# Shown in --help; the value used is sdtgen.diffusion.sampling.DEFAULT_GUIDANCE (the library fills in an absent
+# --guidance-scale).
 SHOWN_DEFAULT_GUIDANCE = 2.0
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype: the torch dtype of each name
 
 
-def add_cfg_interval(parser: argparse.ArgumentParser) -> None:
-    """--cfg-interval, shared by sample and eval; absent, the run's sample.cfg_interval, else every step."""
+def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
+    """--guidance-scale, --guidance-channels and --guidance-interval, shared by sample and eval; each absent is the
+    run's `sample:` setting, else the library's. Their old names (--cfg, --cfg-channels, --cfg-interval) still work."""
     parser.add_argument(
+        "--guidance-scale",
+        "--cfg",
+        type=float,
+        metavar="S",
+        help=f"guidance scale, 1 = off (default: the run's sample.guidance_scale, else {SHOWN_DEFAULT_GUIDANCE:g})",
+    )
+    parser.add_argument(
+        "--guidance-channels",
+        "--cfg-channels",
+        type=int,
+        metavar="N",
+        help="guide only the first N latent channels (default: all; 3 = DiT's original)",
+    )
+    parser.add_argument(
+        "--guidance-interval",
         "--cfg-interval",
         type=float,
         nargs=2,
         metavar=("LOW", "HIGH"),
         help="noise levels (timestep / 1000, 1 = pure noise) where guidance applies "
-        "(default: the run's sample.cfg_interval, else 0 1)",
+        "(default: the run's sample.guidance_interval, else 0 1)",
     )
 
 

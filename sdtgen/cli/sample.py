@@ -23,7 +23,7 @@ from sdtgen.cli.options import (
     DTYPES,
     SAMPLERS,
     SHOWN_DEFAULT_GUIDANCE,
-    add_cfg_interval,
+    add_guidance_arguments,
     add_model_arguments,
     asking_for_flags,
     check_seed,
@@ -47,16 +47,16 @@ EPILOG = f"""\
   pipeline folder    from `sdtgen export`
 
 samplers: {", ".join(SAMPLERS["ddpm"])} for ddpm models; {", ".join(SAMPLERS["flow"])} for flow models.
-Defaults for --sampler, --steps and --cfg come from the run's `sample:` config when there is
-a run; otherwise the objective's default sampler and steps, and cfg {SHOWN_DEFAULT_GUIDANCE:g}
+Defaults for --sampler, --steps and --guidance-* come from the run's `sample:` config when there
+is a run; otherwise the objective's default sampler and steps, and guidance scale {SHOWN_DEFAULT_GUIDANCE:g}
 (1 for a model trained without label dropout, which has no null class to guide with).
 
---cfg-interval LOW HIGH: guidance only at steps whose noise level, timestep / 1000, lies in
+--guidance-interval LOW HIGH: guidance only at steps whose noise level, timestep / 1000, lies in
 [LOW, HIGH] (1 = pure noise, 0 = clean; for flow models the t of (1 - t) x0 + t noise).
 
 examples:
   sdtgen sample --class dog --class cat --num 8
-  sdtgen sample --ckpt models/dit-xl-2 --vae stabilityai/sd-vae-ft-ema --class "golden retriever" --cfg 4 --cfg-channels 3
+  sdtgen sample --ckpt models/dit-xl-2 --vae stabilityai/sd-vae-ft-ema --class "golden retriever" --guidance-scale 4 --guidance-channels 3
   accelerate launch -m sdtgen.cli sample --ckpt runs/imagenet256_sdt_xl2 --class 207 --num 64
 """
 
@@ -79,19 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a class id or name; repeat for more (default: all)",
     )
     parser.add_argument("--num", type=int, default=4, metavar="N", help="samples per class (default: 4)")
-    parser.add_argument(
-        "--cfg",
-        type=float,
-        metavar="S",
-        help=f"guidance scale, 1 = off (default: the run's sample.cfg, else {SHOWN_DEFAULT_GUIDANCE:g})",
-    )
-    parser.add_argument(
-        "--cfg-channels",
-        type=int,
-        metavar="N",
-        help="guide only the first N latent channels (default: all; 3 = DiT's original)",
-    )
-    add_cfg_interval(parser)
+    add_guidance_arguments(parser)
     parser.add_argument("--steps", type=int, metavar="N", help="sampling steps")
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed * 1000003 + i (default: 0)")
     parser.add_argument(
@@ -165,7 +153,9 @@ class SamplePlan:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
         if args.device:
             _check_device(args.device)
-        sampling = source.sample_settings(args.sampler, args.steps, args.cfg, args.cfg_channels, args.cfg_interval)
+        sampling = source.sample_settings(
+            args.sampler, args.steps, args.guidance_scale, args.guidance_channels, args.guidance_interval
+        )
         specs = args.classes or source.sample_defaults.get("classes")
         if specs is None:
             if source.num_classes > MAX_DEFAULT_CLASSES:
@@ -276,9 +266,9 @@ def write_summary(plan: SamplePlan, pipe, images: torch.Tensor, num_processes: i
         "objective": pipe.objective,
         "scheduler": type(pipe.scheduler).__name__,
         "steps": default_steps(pipe.scheduler) if plan.sampling.steps is None else plan.sampling.steps,
-        "cfg": guidance.scale,
-        "cfg_channels": guidance.channels,
-        "cfg_interval": list(guidance.interval),
+        "guidance_scale": guidance.scale,
+        "guidance_channels": guidance.channels,
+        "guidance_interval": list(guidance.interval),
         "vae": plan.vae or source.vae_spec() or (str(source.path / "vae") if pipe.vae is not None else "identity"),
         "seed": plan.seed,
         "classes": list(plan.classes),

@@ -114,7 +114,7 @@ def default_steps(scheduler) -> int:
 
 
 def default_guidance(model_config: Any, preferred: float | None = None) -> float:
-    """The guidance scale when none is asked for: `preferred` (e.g. a run's `sample.cfg`), else DEFAULT_GUIDANCE.
+    """The guidance scale when none is asked for: `preferred` (a run's `sample.guidance_scale`), else DEFAULT_GUIDANCE.
 
     A model trained without label dropout has no null class to guide with: 1 (off) for it.
     """
@@ -194,20 +194,20 @@ class Guidance:
 
 
 def guided_prediction(
-    model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: float, null_class: int, cfg_channels: int | None
+    model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, scale: float, null_class: int, channels: int | None
 ) -> torch.Tensor:
-    """Classifier-free guidance: uncond + cfg * (cond - uncond) on the first `cfg_channels` channels.
+    """Classifier-free guidance: uncond + scale * (cond - uncond) on the first `channels` channels (None: all).
 
     By default every channel of the prediction is guided; DiT's original code guided only 3
-    of 4 latent channels, which `cfg_channels=3` reproduces for exact comparisons. A learned
+    of 4 latent channels, which `channels=3` reproduces for exact comparisons. A learned
     variance (the second half of the output) is taken from the conditional pass, as in DiT.
     """
-    if cfg == 1.0:
+    if scale == 1.0:
         return model(x, t, labels)
     out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, null_class)]))
     cond, uncond = out.chunk(2)
-    guided = cfg_channels if cfg_channels is not None else x.shape[1]
-    mixed = uncond[:, :guided] + cfg * (cond[:, :guided] - uncond[:, :guided])
+    guided = channels if channels is not None else x.shape[1]
+    mixed = uncond[:, :guided] + scale * (cond[:, :guided] - uncond[:, :guided])
     return torch.cat([mixed, cond[:, guided:]], dim=1)
 
 
@@ -248,9 +248,9 @@ def denoise(
     total = scheduler.config.num_train_timesteps
     for t in progress(scheduler.timesteps):
         model_input = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-        cfg = guidance.scale if guidance.applies_at(float(t) / total) else 1.0
+        scale = guidance.scale if guidance.applies_at(float(t) / total) else 1.0
         out = guided_prediction(
-            model, model_input.to(model.dtype), t.expand(batch), labels, cfg, config.num_classes, guidance.channels
+            model, model_input.to(model.dtype), t.expand(batch), labels, scale, config.num_classes, guidance.channels
         )
         if not learned_variance:
             out = out[:, : x.shape[1]]

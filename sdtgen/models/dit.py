@@ -262,12 +262,12 @@ class SDTDiT(ModelMixin, ConfigMixin):
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)  # (B, C, h * p, w * p)
 
     def _check_inputs(self, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
+        config = self.config
+        expected = (config.in_channels, config.input_size, config.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"Expected input of shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}. "
-                f"This model was built for {cfg.in_channels}-channel {cfg.input_size}x{cfg.input_size} inputs "
+                f"This model was built for {config.in_channels}-channel {config.input_size}x{config.input_size} inputs "
                 "(latents if a VAE is used)."
             )
         batch = x.shape[0]
@@ -282,7 +282,7 @@ class SDTDiT(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"Expected {batch} integer class labels, got shape {tuple(class_labels.shape)} ({class_labels.dtype})."
             )
-        highest = cfg.num_classes if cfg.class_dropout_prob > 0 else cfg.num_classes - 1
+        highest = config.num_classes if config.class_dropout_prob > 0 else config.num_classes - 1
         # The range check reads the labels' values: free on CPU, a host sync per forward on an
         # accelerator (and a graph break under torch.compile). There the labels are checked
         # where they enter (the pipeline resolves class names and ids, the training data knows
@@ -290,7 +290,7 @@ class SDTDiT(ModelMixin, ConfigMixin):
         on_host = class_labels.device.type == "cpu" and not torch.compiler.is_compiling()
         if on_host and class_labels.numel() and (class_labels.min() < 0 or class_labels.max() > highest):
             bad = class_labels[(class_labels < 0) | (class_labels > highest)][0].item()
-            null = f" ({cfg.num_classes} is the null class for guidance)" if highest == cfg.num_classes else ""
+            null = f" ({config.num_classes} is the null class for guidance)" if highest == config.num_classes else ""
             raise ValueError(f"Class label {bad} is out of range: this model accepts 0..{highest}{null}.")
         return timesteps
 
