@@ -42,8 +42,8 @@ OLD_RECIPE = [
     "model.qk_norm=false",
     "train.dispersive_weight=0",
     # The ladder's protocol: guidance 2 at every step, as the old recipe sampled.
-    "sample.cfg=2",
-    "sample.cfg_interval=[0,1]",
+    "sample.guidance_scale=2",
+    "sample.guidance_interval=[0,1]",
 ]
 
 # The ladder, in the order the ingredients are added (LightningDiT's order where it has them).
@@ -56,6 +56,7 @@ LADDER = {
     # Smaller batches: twice, then four times the steps for the same images.
     "+batch32": ["train.global_batch_size=32"],
     "+batch16": ["train.global_batch_size=16"],
+    "+lr2e-3": ["train.lr=2e-3"],
 }
 
 
@@ -67,19 +68,20 @@ def _ladder_rows() -> dict[str, list[str]]:
     return rows
 
 
+def without(top: str, ingredients: tuple[str, ...]) -> dict[str, list[str]]:
+    """Rows `top-X`: the ladder's row `top` with ingredient X taken out, for each X."""
+    return {f"{top}-{x.lstrip('+')}": [o for o in ROWS[top] if o not in LADDER[x]] for x in ingredients}
+
+
 ROWS = _ladder_rows()
-# The final recipe is the whole ladder (docs/recipe.md). Each ingredient but the batch is removed
-# from it in turn (the batch's two steps are the ladder's last rows), and other knobs go on top.
-FINAL = ROWS["+batch16"]
+# The final recipe is the whole ladder (docs/recipe.md). Each ingredient but the batch and the
+# learning rate (the ladder's last rows) is removed from it in turn, and other knobs go on top.
+FINAL = ROWS["+lr2e-3"]
 ROWS["final"] = FINAL
-ROWS |= {
-    f"final-{name.lstrip('+')}": [o for o in FINAL if o not in LADDER[name]]
-    for name in ("+betas", "+direction", "+swiglu", "+rmsnorm", "+rope")
-}
+ROWS |= without("final", ("+betas", "+direction", "+swiglu", "+rmsnorm", "+rope"))
 ROWS |= {
     "final+batch8": [*FINAL, "train.global_batch_size=8"],
-    "final+lr2e-3": [*FINAL, "train.lr=2e-3"],
-    "final+lr5e-4": [*FINAL, "train.lr=5e-4"],
+    "final+lr3e-3": [*FINAL, "train.lr=3e-3"],
     "final+nowarmup-noclip": [*FINAL, "train.warmup_steps=0", "train.grad_clip=null"],
     "final+ema0.05": [*FINAL, "train.ema_std=0.05"],  # EDM2's power-function EMA (the default is about 0.09)
     "final+ema0.15": [*FINAL, "train.ema_std=0.15"],
@@ -87,9 +89,12 @@ ROWS |= {
     "final+dispersive": [*FINAL, "train.dispersive_weight=0.5"],
     "final+wide256": [*FINAL, "model.hidden_size=256", "model.num_heads=4"],
     "final+deep6": [*FINAL, "model.depth=6"],
-    # Measured before the batch joined the ladder: on the +rope recipe, at batch 64.
-    "+rope+dispersive": [*ROWS["+rope"], "train.dispersive_weight=0.5"],
 }
+# Measured before the learning rate joined the ladder, on its row then at the top (+batch16, lr 1e-3).
+ROWS |= without("+batch16", ("+direction", "+swiglu", "+rope"))
+ROWS |= {f"+batch16+ema{std}": [*ROWS["+batch16"], f"train.ema_std={std}"] for std in ("0.05", "0.15")}
+# Measured before the batch joined the ladder: on the +rope recipe, at batch 64.
+ROWS["+rope+dispersive"] = [*ROWS["+rope"], "train.dispersive_weight=0.5"]
 
 
 BUDGET_BATCH = 64  # budgets are counted in steps of the old recipe's batch

@@ -275,7 +275,9 @@ NOT_RUN = {
     "and backend, minutes here; the planned bench_model run covers the timing code and test_model the auto column",
     "python benchmarks/bench_model.py --preset S/2 --input-size 32 --batch 8 --dtype bf16 --variants vanilla sdt --math "
     "--repeats 5 --markdown": "S/2 training steps, minutes here; the planned bench_model run covers the code",
-    "sdtgen eval --ckpt runs/ladder-curves/final-2400-s0 --guidance-scale 3 --guidance-interval 0 0.8": "needs the ladder's run of the "
+    "python benchmarks/bench_model.py --table --math --variants sdt --repeats 5 --markdown": "four tables of training "
+    "steps, S/2 among them, minutes here; the planned bench_model run covers the code",
+    "sdtgen eval --ckpt runs/ladder-curves/+batch16-2400-s0 --guidance-scale 3 --guidance-interval 0 0.8": "needs the ladder's run of the "
     "main job's length (about 15 minutes here); evaluation.md's planned evals cover the command and test_sampling "
     "the interval",
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers dpm++ --nfe 4 8 12 25": CURVE_ON_THE_BUILT_IN_MODEL,
@@ -283,8 +285,8 @@ NOT_RUN = {
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers euler heun --nfe 8 25": CURVE_ON_THE_BUILT_IN_MODEL,
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --part nfe --samplers heun --nfe 49": CURVE_ON_THE_BUILT_IN_MODEL,
     "python scripts/sampler_curve.py --ckpt RUN --num-samples 500 --nfe 4 7 8 12 25 49 --guidance-sampler dpm++ --guidance-steps 12 --guidance-scales 1 1.5 2 3 4 --report-only": CURVE_ON_THE_BUILT_IN_MODEL,
-    "python scripts/sweep_recipe.py --rows +batch32 final --steps 2400 --seeds 0 --eval-every 600 --out runs/ladder-curves "
-    "--results docs/recipe_curves.json --plot base +batch32 final": "two runs of the main job's length with four "
+    "python scripts/sweep_recipe.py --rows +batch32 +batch16 --steps 2400 --seeds 0 --eval-every 600 --out runs/ladder-curves "
+    "--results docs/recipe_curves.json --plot base +batch32 +batch16": "two runs of the main job's length with four "
     "evaluations each, about 35 minutes on a bf16 CPU; the planned ladder run covers the code but --plot, which "
     "test_recipe_page runs",
     "python scripts/ablation.py --study dit2023 --grids 256 --cost-only": "times five T/1 models' training steps, "
