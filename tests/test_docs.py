@@ -102,7 +102,7 @@ PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
         ),
     ),
     "evaluation.md": (
-        # 20 samples: the README's test samples 1000.
+        # 20 samples: the main job's own evaluation samples 1,000.
         (
             "sdtgen eval --ckpt runs/animals-sdt --num-samples 1000 --steps 25 --out eval/animals-sdt",
             (("--num-samples 1000", "--num-samples 20"),),
@@ -201,8 +201,8 @@ PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
 # replacements show: other names, paths and counts, or options that the other run covers.
 SAME_AS: dict[str, tuple[tuple[str, str], ...]] = {
     # A report from another results file: tests/test_ablation.py reports the current study's.
-    "python scripts/ablation.py --report-only": (
-        ("--report-only", "--study dit2023 --report-only --publish docs/ablation"),
+    "python scripts/ablation.py --report-only --publish docs/ablation-rope": (
+        ("--report-only --publish docs/ablation-rope", "--study dit2023 --report-only --publish docs/ablation"),
     ),
     "python scripts/ablation.py --study dit2023 --out runs/ablation-full --report-only --publish docs/ablation-full": (
         ("--out runs/ablation-full ", ""),
@@ -298,7 +298,8 @@ NOT_RUN = {
     "python scripts/ablation.py --study dit2023 --steps 1200 --eval-every 200 --eval-samples 1000 --out runs/ablation-full --variants "
     "fixed sdt --seeds 0 1": "four full-length runs, ~25 minutes each here, then their eval spread and content; the "
     "planned run covers its code",
-    "python scripts/ablation.py --seeds 0 1 2 3 4": HOURS_OF_CPU,
+    "python scripts/ablation.py --variants sdt fixed vanilla --seeds 3 4": HOURS_OF_CPU,
+    "python scripts/ablation.py --variants sdt-norope vanilla-norope learned-fixed sdt-decomposed": HOURS_OF_CPU,
     "python scripts/ablation.py --grids 256 --variants vanilla fixed sdt --seeds 0 1 2 3 4 --steps 4800 "
     "--eval-every 1200": HOURS_OF_CPU,
     "python scripts/train_vae.py --out sdtgen/assets/vae": "rebuilds the shipped VAE; 20 s even at 2 steps, as it encodes "
