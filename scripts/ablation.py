@@ -21,7 +21,9 @@ statistics, the eval's own spread, the content-dependence rows, costs), results.
 FID-vs-step curves, paired differences with 95 % intervals, and the object-vs-background decay contrast.
 Re-running continues the study: finished runs are skipped, a killed run resumes from its last checkpoint, the
 measurements are kept, and a run folder trained with other settings is an error rather than overwritten. Every
-finished run of a grid's folder counts, so seed sets can run in separate sessions.
+finished run of a grid's folder counts, and every run results.json records with the settings asked for now, folder
+or not, so seed sets can run in separate sessions; where --out holds no results.json yet, the study continues from
+its published copy (docs/ablation-rope/results.json).
 """
 
 from __future__ import annotations
@@ -128,6 +130,18 @@ def train_run(args: argparse.Namespace, study: Study, grid: str, variant: str, s
     if run.exists() and resolve_resume("latest", run / CHECKPOINTS_DIR) is None:
         shutil.rmtree(run)  # killed before its first checkpoint: its partial log would mix two runs' curves
     train(load_config(None, overrides))
+
+
+def recorded_runs(args: argparse.Namespace, study: Study, grid: str, previous: dict) -> dict[tuple[str, int], dict]:
+    """{(variant, seed): entry} of the runs `previous` results hold at the grid, trained with the settings asked for
+    now: they count as finished without their folders (a fresh clone holds only the published results)."""
+    return {
+        (r["variant"], r["seed"]): r
+        for r in previous.get("runs", [])
+        if r["grid"] == grid
+        and r["variant"] in study.variants
+        and r["overrides"] == run_settings(args, study, grid, r["variant"], r["seed"])
+    }
 
 
 def finished_runs(args: argparse.Namespace, study: Study, grid: str) -> list[tuple[str, int]]:
@@ -252,14 +266,18 @@ def study_grid(args: argparse.Namespace, study: Study, grid: str, previous: dict
     the eval's spread and the content rows."""
     from sdtgen.config import load_config
 
+    recorded = recorded_runs(args, study, grid, previous)
     for seed in args.seeds:  # seed-major: an interrupted study has whole seeds
         for variant in args.variants:
-            if not done(args, study, grid, variant, seed):
+            if (variant, seed) not in recorded and not done(args, study, grid, variant, seed):
                 train_run(args, study, grid, variant, seed)
     found = finished_runs(args, study, grid)
-    results["runs"] += [
-        summarize_run(run_dir(args, grid, v, s), grid, v, s, run_settings(args, study, grid, v, s)) for v, s in found
-    ]
+    entries = recorded | {
+        (v, s): summarize_run(run_dir(args, grid, v, s), grid, v, s, run_settings(args, study, grid, v, s))
+        for v, s in found
+    }
+    found = sorted(entries, key=lambda key: (key[1], list(study.variants).index(key[0])))  # seed-major
+    results["runs"] += [entries[key] for key in found]
     batch = load_config(None, study.recipe).train.global_batch_size
     protocol = {"preset": GRIDS[grid], "batch": batch, **{k: getattr(args, k) for k in PROTOCOL_KEYS}}
     g = previous.get("grids", {}).get(grid, {})
@@ -289,6 +307,9 @@ def study_grid(args: argparse.Namespace, study: Study, grid: str, previous: dict
         for seed in (s for v, s in found if v == variant):
             run = run_dir(args, grid, variant, seed)
             if run.name not in content:
+                if not run.is_dir():
+                    print(f"{run.name}: its folder is gone, so the content statistic leaves it out", file=sys.stderr)
+                    continue
                 content[run.name] = content_rows(run, args)
     g["content_summary"] = content_summary(content)
 
@@ -334,6 +355,10 @@ def main() -> int:
     args.out = str(out)
     results_path = out / "results.json"
     previous = read_results(results_path, {})
+    published = Path(STUDIES[args.study or DEFAULT_STUDY].published) / "results.json"
+    if not previous and out == Path(STUDIES[args.study or DEFAULT_STUDY].out) and published.is_file():
+        print(f"{results_path} does not exist: continuing from the published {published}", file=sys.stderr)
+        previous = read_results(published, {})
     recorded = study_of(previous).name if previous else None
     study = STUDIES[args.study or recorded or DEFAULT_STUDY]
     if recorded and study.name != recorded:

@@ -24,7 +24,7 @@ class Study:
     """An ablation study: each run trains `recipe`, then its variant's overrides, at one grid and seed.
 
     `steps`, `eval_every`, `eval_samples` and `eval_steps` are its protocol's defaults (eval_steps None: the
-    recipe's sampler steps), `out` the folder of its runs and results.
+    recipe's sampler steps), `out` the folder of its runs and results, `published` where docs keep a copy of them.
     """
 
     name: str
@@ -36,6 +36,7 @@ class Study:
     eval_samples: int
     eval_steps: int | None
     out: str
+    published: str
 
     @property
     def baselines(self) -> list[str]:
@@ -94,6 +95,7 @@ STUDIES = {
             eval_samples=MAIN_JOB.eval_samples,
             eval_steps=None,
             out="runs/ablation-rope",
+            published="docs/ablation-rope",
         ),
         # The recipe before the ladder (DiT as it was in 2023: GELU, LayerNorm, no RoPE, batch 64), shortened to
         # 200 steps: docs/ablation.md's history. Every variant against both baselines.
@@ -107,6 +109,7 @@ STUDIES = {
             eval_samples=500,
             eval_steps=8,
             out="runs/ablation",
+            published="docs/ablation",
         ),
     )
 }

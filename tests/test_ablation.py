@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 
 import pytest
@@ -208,6 +209,18 @@ def test_a_study_resumes_its_runs_and_keeps_what_it_cannot_resume(tmp_path, monk
     assert not trained and (run / "log.jsonl").is_file()
 
 
+def test_a_recorded_run_counts_without_its_folder(tmp_path):
+    # A fresh clone holds the published results.json and no run folders: the runs it records with the settings
+    # asked for now count as finished; one recorded with other settings does not.
+    args = protocol(tmp_path, steps=4)
+    entry = {"grid": "64", "variant": "sdt", "seed": 3, "overrides": ablation.run_settings(args, ROPE, "64", "sdt", 3)}
+    stale = {**entry, "seed": 4, "overrides": ablation.run_settings(protocol(tmp_path, steps=8), ROPE, "64", "sdt", 4)}
+    other_grid = {**entry, "grid": "256"}
+    previous = {"runs": [entry, stale, other_grid]}
+    assert ablation.recorded_runs(args, ROPE, "64", previous) == {("sdt", 3): entry}
+    assert not ablation.run_dir(args, "64", "sdt", 3).exists()
+
+
 @pytest.mark.slow
 def test_the_rope_study_end_to_end(tmp_path, tmp_path_factory):
     # The current study shrunk as docs/ablation.md's 2023 one is in tests/test_docs.py: 2 steps a run, 3 variants
@@ -239,10 +252,14 @@ def test_the_rope_study_end_to_end(tmp_path, tmp_path_factory):
     assert set(grid["content"]) == {f"{v}-seed{s}" for v in ("sdt", "sdt-norope") for s in (0, 1)}
     assert set(results["cost"]["64"]["x_vanilla"]) == set(ROPE.variants)
 
-    # Run again: every run is found finished, nothing trains.
+    # Run again with seed 0's folders gone, as in a fresh clone: every run is found finished (seed 0 in
+    # results.json), nothing trains, and the results are the same.
+    for folder in out.glob("tokens64/*-seed0"):
+        shutil.rmtree(folder)
     logs = {path: path.stat().st_mtime_ns for path in out.glob("tokens64/*/log.jsonl")}
     run(study, cwd, env)
-    assert {path: path.stat().st_mtime_ns for path in logs} == logs
+    assert {path: path.stat().st_mtime_ns for path in logs} == logs and not list(out.glob("tokens64/*-seed0"))
+    assert json.loads((out / "results.json").read_text()) == results
 
     report = run("python scripts/ablation.py --report-only --publish docs/ablation-rope", cwd, env).stdout
     assert "| sdt - sdt-norope | FID |" in report and "| sdt - fixed | FID |" in report  # the gaps at steps 1, 2
