@@ -298,7 +298,6 @@ NOT_RUN = {
     "python scripts/ablation.py --study dit2023 --steps 1200 --eval-every 200 --eval-samples 1000 --out runs/ablation-full --variants "
     "fixed sdt --seeds 0 1": "four full-length runs, ~25 minutes each here, then their eval spread and content; the "
     "planned run covers its code",
-    "python scripts/ablation.py --variants sdt fixed vanilla --seeds 3 4": HOURS_OF_CPU,
     "python scripts/ablation.py --variants sdt-norope vanilla-norope learned-fixed sdt-decomposed": HOURS_OF_CPU,
     "python scripts/ablation.py --grids 256 --variants vanilla fixed sdt --seeds 0 1 2 3 4 --steps 4800 "
     "--eval-every 1200": HOURS_OF_CPU,
