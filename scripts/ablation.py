@@ -88,16 +88,25 @@ def flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def settings_differences(run: Path, overrides: list[str]) -> list[str]:
-    """Where the run's config.yaml differs from the config of `overrides` (the precision `auto` resolved to aside)."""
+def flat_config(path: Path | None, overrides: list[str] = ()) -> dict:
+    """The config of a config.yaml (None: the defaults) and `overrides`, as JSON stores it: {"section.key": value}."""
     from sdtgen.config import config_to_dict, load_config
 
-    saved, asked = (flat(config_to_dict(c)) for c in (load_config(run / CONFIG_FILE), load_config(None, overrides)))
+    return json.loads(json.dumps(flat(config_to_dict(load_config(path, list(overrides))))))
+
+
+def config_differences(saved: dict, overrides: list[str]) -> list[str]:
+    """Where a run's flat config differs from the config of `overrides` (the precision `auto` resolved to aside)."""
     return [
         f"{key}: {saved.get(key)!r}, asked {value!r}"
-        for key, value in asked.items()
+        for key, value in flat_config(None, overrides).items()
         if key != "train.mixed_precision" and saved.get(key) != value
     ]
+
+
+def settings_differences(run: Path, overrides: list[str]) -> list[str]:
+    """Where the run's config.yaml differs from the config of `overrides`."""
+    return config_differences(flat_config(run / CONFIG_FILE), overrides)
 
 
 def finished(run: Path, steps: int) -> bool:
@@ -133,14 +142,16 @@ def train_run(args: argparse.Namespace, study: Study, grid: str, variant: str, s
 
 
 def recorded_runs(args: argparse.Namespace, study: Study, grid: str, previous: dict) -> dict[tuple[str, int], dict]:
-    """{(variant, seed): entry} of the runs `previous` results hold at the grid, trained with the settings asked for
-    now: they count as finished without their folders (a fresh clone holds only the published results)."""
+    """{(variant, seed): entry} of the runs `previous` results hold at the grid whose recorded config is the one
+    asked for now (defaults included, so a changed default retrains): they count as finished without their folders
+    (a fresh clone holds only the published results)."""
     return {
         (r["variant"], r["seed"]): r
         for r in previous.get("runs", [])
         if r["grid"] == grid
         and r["variant"] in study.variants
-        and r["overrides"] == run_settings(args, study, grid, r["variant"], r["seed"])
+        and "config" in r
+        and not config_differences(r["config"], run_overrides(args, study, grid, r["variant"], r["seed"]))
     }
 
 
@@ -155,7 +166,8 @@ def finished_runs(args: argparse.Namespace, study: Study, grid: str) -> list[tup
 
 
 def summarize_run(run: Path, grid: str, variant: str, seed: int, overrides: list[str]) -> dict:
-    """A run's settings (`overrides` of the default config), evaluation curve and final scores, from its log.jsonl."""
+    """A run's settings (`overrides` of the default config, and the whole config it trained with), evaluation curve
+    and final scores, from its config.yaml and log.jsonl."""
     log = read_log(run / LOG_FILE)
     evals = [r for r in log if "eval_fid" in r]
     return {
@@ -163,6 +175,7 @@ def summarize_run(run: Path, grid: str, variant: str, seed: int, overrides: list
         "variant": variant,
         "seed": seed,
         "overrides": overrides,
+        "config": flat_config(run / CONFIG_FILE),
         "curve": [{"step": r["step"], "fid": r["eval_fid"], "class_accuracy": r["eval_class_accuracy"]} for r in evals],
         "fid": evals[-1]["eval_fid"],
         "class_accuracy": evals[-1]["eval_class_accuracy"],

@@ -100,8 +100,10 @@ def test_summarize_run_reads_the_curve_from_the_log(tmp_path):
     ]
     # The last line torn, as by a run killed while writing it: not a record.
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + '\n{"step": 25')
+    save_config(load_config(None, ["model.attention=sdt", "seed=3"]), tmp_path / "config.yaml")
     summary = ablation.summarize_run(tmp_path, "64", "sdt", 3, ["model.attention=sdt", "seed=3"])
     assert summary["overrides"] == ["model.attention=sdt", "seed=3"]
+    assert summary["config"]["seed"] == 3 and summary["config"]["train.betas"] == list(load_config().train.betas)
     assert summary["curve"] == [
         {"step": 100, "fid": 90.0, "class_accuracy": 0.2},
         {"step": 200, "fid": 70.0, "class_accuracy": 0.3},
@@ -209,16 +211,26 @@ def test_a_study_resumes_its_runs_and_keeps_what_it_cannot_resume(tmp_path, monk
     assert not trained and (run / "log.jsonl").is_file()
 
 
-def test_a_recorded_run_counts_without_its_folder(tmp_path):
-    # A fresh clone holds the published results.json and no run folders: the runs it records with the settings
-    # asked for now count as finished; one recorded with other settings does not.
+def test_a_recorded_run_counts_without_its_folder(tmp_path, monkeypatch):
+    # A fresh clone holds the published results.json and no run folders: a run it records with the config asked for
+    # now counts as finished; one recorded with another protocol, another default or no config does not.
     args = protocol(tmp_path, steps=4)
-    entry = {"grid": "64", "variant": "sdt", "seed": 3, "overrides": ablation.run_settings(args, ROPE, "64", "sdt", 3)}
-    stale = {**entry, "seed": 4, "overrides": ablation.run_settings(protocol(tmp_path, steps=8), ROPE, "64", "sdt", 4)}
-    other_grid = {**entry, "grid": "256"}
-    previous = {"runs": [entry, stale, other_grid]}
-    assert ablation.recorded_runs(args, ROPE, "64", previous) == {("sdt", 3): entry}
+
+    def entry(seed, config):
+        return {"grid": "64", "variant": "sdt", "seed": seed, "overrides": [], "config": config}
+
+    asked = ablation.flat_config(None, ablation.run_overrides(args, ROPE, "64", "sdt", 3))
+    other_protocol = ablation.flat_config(
+        None, ablation.run_overrides(protocol(tmp_path, steps=8), ROPE, "64", "sdt", 4)
+    )
+    kept = entry(3, asked)
+    no_config = {key: value for key, value in entry(5, asked).items() if key != "config"}
+    previous = {"runs": [kept, entry(4, other_protocol), {**kept, "grid": "256"}, no_config]}
+    assert ablation.recorded_runs(args, ROPE, "64", previous) == {("sdt", 3): kept}
     assert not ablation.run_dir(args, "64", "sdt", 3).exists()
+    # The same overrides on a changed default config: trained anew.
+    monkeypatch.setattr(ablation, "flat_config", lambda path, overrides=(): {**asked, "train.lr": 1.0})
+    assert ablation.recorded_runs(args, ROPE, "64", previous) == {}
 
 
 @pytest.mark.slow
