@@ -52,9 +52,7 @@ def curve_table(paired_by_step: dict, study: Study) -> list[str]:
         return []
     steps = sorted(paired_by_step, key=int)
     baselines = study.baselines
-    lines = ["", "The same gaps along the training curves (mean [95 % CI] at each evaluated step):", ""]
-    lines += ["| comparison | metric | " + " | ".join(f"step {s}" for s in steps) + " |"]
-    lines += ["|---|---|" + "---:|" * len(steps)]
+    lines = []
     for variant, baseline in study.comparisons:
         if (baseline, variant) in study.comparisons and baselines.index(variant) > baselines.index(baseline):
             continue
@@ -63,7 +61,14 @@ def curve_table(paired_by_step: dict, study: Study) -> list[str]:
             if any(stats):
                 cells = [fmt_interval(stat, scale, digits=1) if stat else "" for stat in stats]
                 lines.append(f"| {variant} - {baseline} | {METRICS[metric]} | " + " | ".join(cells) + " |")
-    return lines
+    if not lines:  # no seed has both sides of any comparison yet
+        return []
+    head = ["", "The same gaps along the training curves (mean [95 % CI] at each evaluated step):", ""]
+    head += [
+        "| comparison | metric | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|---|" + "---:|" * len(steps),
+    ]
+    return head + lines
 
 
 def markdown(results: dict) -> str:
@@ -88,10 +93,8 @@ def markdown(results: dict) -> str:
                 f"| {joined((100 * r['class_accuracy'] for r in mine), '{:.1f}')} "
                 f"| {100 * statistics.mean(r['class_accuracy'] for r in mine):.1f} | {f'{cost:.2f}' if cost else '-'} |"
             )
-        lines += ["", "Paired differences, mean [95 % CI] over seeds (** the interval excludes 0):", ""]
         columns = [f"FID - {b}" for b in study.baselines] + [f"acc. - {b} (points)" for b in study.baselines]
-        lines += ["| variant | " + " | ".join(columns) + " |"]
-        lines += ["|---|" + "---:|" * len(columns)]
+        rows = []
         for variant in study.variants:
             cells = []
             for metric, scale in (("fid", 1.0), ("class_accuracy", 100.0)):
@@ -99,7 +102,10 @@ def markdown(results: dict) -> str:
                     stat = g["paired"][metric][baseline].get(variant)
                     cells.append(fmt_interval(stat, scale) if stat else "")
             if any(cells):
-                lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+                rows.append(f"| {variant} | " + " | ".join(cells) + " |")
+        if rows:  # none until some seed has both sides of a comparison
+            lines += ["", "Paired differences, mean [95 % CI] over seeds (** the interval excludes 0):", ""]
+            lines += ["| variant | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns), *rows]
         lines += curve_table(g.get("paired_by_step", {}), study)
         spread = g.get("eval_spread", {})
         if spread.get("runs"):
@@ -191,8 +197,9 @@ def plot(results: dict, out: Path) -> None:
     fig.savefig(out / "curves.png")
     plt.close(fig)
 
-    fig, axes = plt.subplots(2, len(grids), figsize=(5 * len(grids), 6.4), dpi=120, squeeze=False)
-    for col, grid in enumerate(grids):
+    paired = [grid for grid in grids if any(results["grids"][grid]["paired"]["fid"].values())]  # grids with a pair
+    fig, axes = plt.subplots(2, max(len(paired), 1), figsize=(5 * max(len(paired), 1), 6.4), dpi=120, squeeze=False)
+    for col, grid in enumerate(paired):
         for row, (metric, scale) in enumerate((("fid", 1.0), ("class_accuracy", 100.0))):
             ax = axes[row, col]
             ticks = []
