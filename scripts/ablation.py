@@ -21,7 +21,7 @@ statistics, the eval's own spread, the content-dependence rows, costs), results.
 FID-vs-step curves, paired differences with 95 % intervals, and the object-vs-background decay contrast.
 Re-running continues the study: finished runs are skipped, a killed run resumes from its last checkpoint, the
 measurements are kept, and a run folder trained with other settings is an error rather than overwritten. Every
-finished run of a grid's folder counts, and every run results.json records with the settings asked for now, folder
+finished run of a grid's folder counts, and every run results.json records with the config asked for now, folder
 or not, so seed sets can run in separate sessions; where --out holds no results.json yet, the study continues from
 its published copy (docs/ablation-rope/results.json).
 """
@@ -284,10 +284,9 @@ def study_grid(args: argparse.Namespace, study: Study, grid: str, previous: dict
         for variant in args.variants:
             if (variant, seed) not in recorded and not done(args, study, grid, variant, seed):
                 train_run(args, study, grid, variant, seed)
-    found = finished_runs(args, study, grid)
     entries = recorded | {
         (v, s): summarize_run(run_dir(args, grid, v, s), grid, v, s, run_settings(args, study, grid, v, s))
-        for v, s in found
+        for v, s in finished_runs(args, study, grid)
     }
     found = sorted(entries, key=lambda key: (key[1], list(study.variants).index(key[0])))  # seed-major
     results["runs"] += [entries[key] for key in found]
@@ -364,12 +363,13 @@ def main() -> int:
     parser.add_argument("--cost-repeats", type=int, default=7, help="timed rounds of the step costs (default: 7)")
     parser.add_argument("--publish", metavar="DIR", help="also copy the results and plots to DIR (docs/ablation-rope)")
     args = parser.parse_args()
-    out = Path(args.out or STUDIES[args.study or DEFAULT_STUDY].out)
+    asked = STUDIES[args.study or DEFAULT_STUDY]
+    out = Path(args.out or asked.out)
     args.out = str(out)
     results_path = out / "results.json"
     previous = read_results(results_path, {})
-    published = Path(STUDIES[args.study or DEFAULT_STUDY].published) / "results.json"
-    if not previous and out == Path(STUDIES[args.study or DEFAULT_STUDY].out) and published.is_file():
+    published = Path(asked.published) / "results.json"
+    if not previous and out == Path(asked.out) and published.is_file():
         print(f"{results_path} does not exist: continuing from the published {published}", file=sys.stderr)
         previous = read_results(published, {})
     recorded = study_of(previous).name if previous else None
