@@ -313,7 +313,7 @@ def test_config_errors_are_clear():
         load_config("configs/nope.yaml")
 
 
-def test_evaluation_during_training_is_logged(tmp_path, monkeypatch, capsys):
+def test_evaluation_during_training_is_logged_and_leaves_the_weights_alone(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SDTGEN_CACHE_DIR", str(tmp_path / "cache"))
     run_dir = run(
         tmp_path / "run",
@@ -354,3 +354,6 @@ def test_evaluation_during_training_is_logged(tmp_path, monkeypatch, capsys):
     assert [(e.step, e.value) for e in bear] == [
         (s, records[s]["eval_class_accuracy_per_class"]["bear"]) for s in (2, 4)
     ]
+    # Evaluating draws its own samples: the weights are those of the same run without it.
+    plain = run(tmp_path / "plain", "train.max_steps=4", "train.checkpoint_every=4", "train.final_eval=false")
+    assert_same_weights(final_weights(run_dir, 4), final_weights(plain, 4))
