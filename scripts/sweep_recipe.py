@@ -74,8 +74,9 @@ def without(top: str, ingredients: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 ROWS = _ladder_rows()
-# The final recipe is the whole ladder (docs/recipe.md). Each ingredient but the batch and the
-# learning rate (the ladder's last rows) is removed from it in turn, and other knobs go on top.
+# The final recipe is the whole ladder. Each ingredient but the batch and the learning rate (the
+# ladder's last rows) is removed from it in turn, and other knobs go on top; the default config is
+# `final+lr3e-3`, sampled with its own guidance (docs/recipe.md).
 FINAL = ROWS["+lr2e-3"]
 ROWS["final"] = FINAL
 ROWS |= without("final", ("+betas", "+direction", "+swiglu", "+rmsnorm", "+rope"))
