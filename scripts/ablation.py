@@ -7,8 +7,9 @@
 
 A study (STUDIES in ablation_stats.py) is a recipe, its variants and the paired comparisons it reports. `rope`
 (the default) trains the default config (docs/recipe.md: SwiGLU, RMSNorm, RoPE, ...) to the main job's length,
-every attention variant with RoPE and sdt and vanilla also without it; `dit2023` the recipe before the ladder (no
-RoPE, batch 64) for 200 steps. A run is the study's recipe with only its variant's overrides, `seed` and the
+every attention variant with RoPE and sdt and vanilla also without it; `rope-lr2e-3` the same on the defaults
+before the learning rate and guidance moved (lr 2e-3, guidance 3; its five seeds are docs/ablation.md's answer
+until `rope` has its own); `dit2023` the recipe before the ladder (no RoPE, batch 64) for 200 steps. A run is the study's recipe with only its variant's overrides, `seed` and the
 preset of its grid changed (T/2 for 64 tokens, T/1 for 256). Within a seed, every variant sees the same batches,
 flips, latent draws, timesteps and noise (functions of (seed, step)) and is evaluated on the same sampling noise
 (the training-time evaluation samples from the run's seed), so the paired difference variant - baseline removes
@@ -95,12 +96,16 @@ def flat_config(path: Path | None, overrides: list[str] = ()) -> dict:
     return json.loads(json.dumps(flat(config_to_dict(load_config(path, list(overrides))))))
 
 
+# Not settings of what a run trains: the precision `auto` resolved to, and the folder (a study's runs can move).
+UNCOMPARED = ("train.mixed_precision", "output_dir")
+
+
 def config_differences(saved: dict, overrides: list[str]) -> list[str]:
-    """Where a run's flat config differs from the config of `overrides` (the precision `auto` resolved to aside)."""
+    """Where a run's flat config differs from the config of `overrides`, in the keys that say how it trained."""
     return [
         f"{key}: {saved.get(key)!r}, asked {value!r}"
         for key, value in flat_config(None, overrides).items()
-        if key != "train.mixed_precision" and saved.get(key) != value
+        if key not in UNCOMPARED and saved.get(key) != value
     ]
 
 

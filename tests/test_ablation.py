@@ -233,6 +233,22 @@ def test_a_recorded_run_counts_without_its_folder(tmp_path, monkeypatch):
     assert ablation.recorded_runs(args, ROPE, "64", previous) == {}
 
 
+def test_a_pinned_study_keeps_its_published_runs_when_the_defaults_move():
+    # rope-lr2e-3 is the rope study on the defaults it trained with (lr 2e-3, guidance 3), pinned in its recipe:
+    # every run its published results hold still counts as finished, at both grids, under today's defaults.
+    study = STUDIES["rope-lr2e-3"]
+    results = json.loads((REPO / study.published / "results.json").read_text())
+    assert results["study"] == study.name and study.recipe
+    for grid, measured in results["grids"].items():
+        p = measured["protocol"]
+        args = protocol(study.out, p["steps"], p["eval_every"], p["eval_samples"], p["eval_steps"])
+        runs = {(r["variant"], r["seed"]) for r in results["runs"] if r["grid"] == grid}
+        assert set(ablation.recorded_runs(args, study, grid, results)) == runs
+        # The same runs asked of the current study: trained anew, as the defaults they trained with are gone.
+        assert ablation.recorded_runs(args, ROPE, grid, results) == {}
+    assert sum(r["grid"] == "64" for r in results["runs"]) == 15
+
+
 @pytest.mark.slow
 def test_the_rope_study_end_to_end(tmp_path, tmp_path_factory):
     # The current study shrunk as docs/ablation.md's 2023 one is in tests/test_docs.py: 2 steps a run, 3 variants

@@ -289,6 +289,11 @@ NOT_RUN = {
     "--results docs/recipe_curves.json --plot base +batch32 +batch16": "two runs of the main job's length with four "
     "evaluations each, about 35 minutes on a bf16 CPU; the planned ladder run covers the code but --plot, which "
     "test_recipe_page runs",
+    "accelerate launch -q scripts/train_gen.py seed=4 train.eval_every=2400 output_dir=runs/lr3e-3-seed4": "a training "
+    "run of the main job's length, about 23 minutes here; test_readme runs the main job's command and test_training "
+    "the evaluation during training",
+    "sdtgen eval --ckpt runs/lr3e-3-seed4 --seed 4 --guidance-scale 3": "needs that run; evaluation.md's planned evals "
+    "cover the command",
     "python scripts/ablation.py --study dit2023 --grids 256 --cost-only": "times five T/1 models' training steps, "
     "about 2 minutes here; "
     "the planned run times the T/2 steps with the same code",
@@ -298,6 +303,7 @@ NOT_RUN = {
     "python scripts/ablation.py --study dit2023 --steps 1200 --eval-every 200 --eval-samples 1000 --out runs/ablation-full --variants "
     "fixed sdt --seeds 0 1": "four full-length runs, ~25 minutes each here, then their eval spread and content; the "
     "planned run covers its code",
+    "python scripts/ablation.py --variants vanilla fixed sdt": HOURS_OF_CPU,
     "python scripts/ablation.py --variants sdt-norope vanilla-norope learned-fixed sdt-decomposed": HOURS_OF_CPU,
     "python scripts/ablation.py --grids 256 --variants vanilla fixed sdt --seeds 0 1 2 3 4 --steps 4800 "
     "--eval-every 1200": HOURS_OF_CPU,
