@@ -120,10 +120,10 @@ def test_export_refuses_to_write_into_another_folder(run, tmp_path, capsys):
 
 
 def test_default_guidance_is_defined_once(run):
-    """The pipeline and Guidance share DEFAULT_GUIDANCE (a run's own sample.guidance_scale, the built-in recipe's 3 at noise
+    """The pipeline and Guidance share DEFAULT_GUIDANCE (a run's own sample.guidance_scale, the built-in recipe's 2.5 at noise
     levels up to 0.8, is what commands on a run use); a model without a null class is unguided."""
     assert Guidance() == Guidance(DEFAULT_GUIDANCE, None, (0.0, 1.0))
-    assert SampleConfig().guidance() == Guidance(3.0, None, (0.0, 0.8))
+    assert SampleConfig().guidance() == Guidance(2.5, None, (0.0, 0.8))
     pipe = load_pipeline(find_source(run))
     kwargs = dict(class_labels=[1, 2], num_inference_steps=2, output_type="pt")
     default = pipe(generator=generators(2), **kwargs).images

@@ -71,7 +71,7 @@ def test_outputs_are_named_by_class_and_index(ddpm_run, tmp_path):
     ]
     settings = json.loads(files["settings.json"])
     # The run's sample config.
-    assert settings["steps"] == 3 and settings["guidance_scale"] == 3.0 and settings["scheduler"] == "DDIMScheduler"
+    assert settings["steps"] == 3 and settings["guidance_scale"] == 2.5 and settings["scheduler"] == "DDIMScheduler"
     assert settings["guidance_interval"] == [0.0, 0.8]  # the run's sample.guidance_interval
     assert settings["classes"] == [4, 1] and settings["vae"] == "builtin"
 
