@@ -66,7 +66,7 @@ def test_the_library_asks_for_keywords_and_the_cli_for_flags(tmp_path, monkeypat
 def test_sample_settings_are_each_flag_else_the_runs_else_the_librarys(tmp_path):
     """The one resolver `sdtgen sample` and `sdtgen eval` share, checked before any weights load."""
     run = find_source(write_run(tmp_path / "run", random_model(), overrides=("sample.sampler=ddpm",)))
-    assert run.sample_settings() == SampleSettings("ddpm", 3, Guidance(3.0, None, (0.0, 0.8)))  # the run's sample:
+    assert run.sample_settings() == SampleSettings("ddpm", 3, Guidance(2.5, None, (0.0, 0.8)))  # the run's sample:
     given = run.sample_settings("ddim", 7, 1.5, 3, [0.2, 0.6])
     assert given == SampleSettings("ddim", 7, Guidance(1.5, 3, (0.2, 0.6)))  # every flag given wins
     random_model().save_pretrained(tmp_path / "model")  # a model folder has no run settings
