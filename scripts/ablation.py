@@ -5,17 +5,17 @@
     python scripts/ablation.py --report-only --publish docs/ablation-rope   # tables and plots from results.json alone
     python scripts/ablation.py --study dit2023          # the 2023 baseline of docs/ablation.md: the old recipe, 200 steps
 
-A study (STUDIES in ablation_stats.py) is a recipe, its variants and the paired comparisons it reports. `rope`
-(the default) trains the default config (docs/recipe.md: SwiGLU, RMSNorm, RoPE, ...) to the main job's length,
-every attention variant with RoPE and sdt and vanilla also without it; `rope-lr2e-3` the same on the defaults
-before the learning rate and guidance moved (lr 2e-3, guidance 3; its five seeds are docs/ablation.md's answer
-until `rope` has its own); `dit2023` the recipe before the ladder (no RoPE, batch 64) for 200 steps. A run is the study's recipe with only its variant's overrides, `seed` and the
-preset of its grid changed (T/2 for 64 tokens, T/1 for 256). Within a seed, every variant sees the same batches,
-flips, latent draws, timesteps and noise (functions of (seed, step)) and is evaluated on the same sampling noise
-(the training-time evaluation samples from the run's seed), so the paired difference variant - baseline removes
-the seed's shared part. Initial weights are identical among vanilla, fixed and learned-fixed (with RoPE or not),
-and among the sdt variants; the two groups differ because the gate draws random numbers at initialisation (that
-part is in the intervals, as seed noise).
+A study (STUDIES in ablation_stats.py) is a recipe, its variants and the paired comparisons it reports. `rope` (the
+default) trains the default config (docs/recipe.md: SwiGLU, RMSNorm, RoPE, ...) to the main job's length, every
+attention variant with RoPE and sdt and vanilla also without it; `rope-lr2e-3` the same on the defaults before the
+learning rate and guidance moved (lr 2e-3, guidance 3; its five seeds are docs/ablation.md's answer until `rope` has
+its own); `dit2023` the recipe before the ladder (no RoPE, batch 64) for 200 steps. A run is the study's recipe with
+only its variant's overrides, `seed` and the preset of its grid changed (T/2 for 64 tokens, T/1 for 256). Within a
+seed, every variant sees the same batches, flips, latent draws, timesteps and noise (functions of (seed, step)) and
+is evaluated on the same sampling noise (the training-time evaluation samples from the run's seed), so the paired
+difference variant - baseline removes the seed's shared part. Initial weights are identical among vanilla, fixed and
+learned-fixed (with RoPE or not), and among the sdt variants; the two groups differ because the gate draws random
+numbers at initialisation (that part is in the intervals, as seed noise).
 
 Outputs in --out: results.json (the study, every run's overrides and FID / class-accuracy curve, the paired
 statistics, the eval's own spread, the content-dependence rows, costs), results.md (the tables) and three PNGs:

@@ -98,8 +98,8 @@ STUDIES = {
     study.name: study
     for study in (
         ROPE,
-        # The same study on the default of December 2026 before the learning rate and guidance moved (lr 2e-3,
-        # guidance 3): five seeds at 64 tokens, docs/ablation.md's previous answer.
+        # The same study on the default before the learning rate and guidance moved (lr 2e-3, guidance 3): five
+        # seeds at 64 tokens, docs/ablation.md's answer until `rope` has its seeds.
         replace(
             ROPE,
             name="rope-lr2e-3",
