@@ -100,6 +100,17 @@ PAGES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = {
                 ("--repeats 3", "--repeats 1"),
             ),
         ),
+        # One round of one step of a one-block model.
+        (
+            "python benchmarks/bench_train_step.py",
+            (
+                (
+                    "bench_train_step.py",
+                    "bench_train_step.py --steps 1 --rounds 1 data.vae=identity data.latent_cache=null "
+                    "model.preset=S/4 model.depth=1 model.hidden_size=32 model.num_heads=2 train.mixed_precision=no",
+                ),
+            ),
+        ),
     ),
     "evaluation.md": (
         # 20 samples: the main job's own evaluation samples 1,000.
@@ -211,6 +222,7 @@ SAME_AS: dict[str, tuple[tuple[str, str], ...]] = {
     "python scripts/ablation.py --report-only --out docs/ablation": (
         ("--report-only --out docs/ablation", "--study dit2023 --report-only --publish docs/ablation"),
     ),
+    "python benchmarks/bench_train_step.py train.global_batch_size=64": ((" train.global_batch_size=64", ""),),
     "python benchmarks/bench_model.py --repeats 5 --markdown": (
         ("--repeats 5", "--preset T/2 --input-size 16 --batch 128 --repeats 7"),
     ),
@@ -405,6 +417,7 @@ def test_benchmarks_page(scratch, tmp_path):
     for output in outputs[:2]:
         assert re.search(r"^\| sdt \|.*\|$", output, flags=re.M), output[-2000:]  # a markdown table with sdt rows
     assert re.search(r"^\|.*1,?000.*\|$", outputs[2], flags=re.M), outputs[2][-2000:]  # a row for the 1,000 files
+    assert re.search(r"^\| whole step \| [\d.]+ \| 100\.0% \|$", outputs[3], flags=re.M), outputs[3][-2000:]
 
 
 @pytest.mark.slow
