@@ -10,8 +10,8 @@ times, round-robin over `--rounds` rounds after a warm-up, each a median over `-
   `foreach` and `fused` ones, and the EMA update.
 
 What is left of the whole step is the forward and backward, whose cost grows with the batch.
-The parts are timed on the model's own parameters with gradients of ones; their ratio to the
-whole step says how much a smaller batch pays per image for them.
+The parts are timed on copies of the model's parameters with gradients of ones; their ratio to
+the whole step says how much a smaller batch pays per image for them.
 
     python benchmarks/bench_train_step.py                        # the main job's step
     python benchmarks/bench_train_step.py train.global_batch_size=64
@@ -26,14 +26,16 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_model import synchronize
 
 
-def median_ms(fn: Callable[[], object], calls: int) -> float:
-    """The median wall time of `calls` calls of fn, in milliseconds."""
+def median_ms(fn: Callable[[], object], calls: int, device: torch.device) -> float:
+    """The median wall time of `calls` calls of fn, in milliseconds (waiting for the device after each)."""
     times = []
     for _ in range(calls):
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 
@@ -63,20 +65,11 @@ def main() -> None:
 
         model = trainer.accelerator.unwrap_model(trainer.model)
         params = [p for p in model.parameters() if p.requires_grad]
-        grads = [torch.ones_like(p) for p in params]
-
-        def with_grads(fn: Callable[[], object]) -> Callable[[], object]:
-            def run() -> object:
-                for p, g in zip(params, grads, strict=True):
-                    p.grad = g
-                return fn()
-
-            return run
-
-        # Copies of the parameters, so the AdamW variants step weights that do not train on.
+        # Copies of the parameters with gradients of ones, which the whole step does not clear: the
+        # fixed parts clip and step them, not the weights that train on.
         copies = [p.detach().clone().requires_grad_(True) for p in params]
-        for c, g in zip(copies, grads, strict=True):
-            c.grad = g
+        for c in copies:
+            c.grad = torch.ones_like(c)
         hyper = {"lr": config.train.lr, "betas": tuple(config.train.betas), "weight_decay": config.train.weight_decay}
         adamw = {
             kind: torch.optim.AdamW(copies, **hyper, **flag)
@@ -84,7 +77,7 @@ def main() -> None:
         }
         parts = {
             "whole step": whole_step,
-            "gradient clipping": with_grads(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0)),
+            "gradient clipping": lambda: torch.nn.utils.clip_grad_norm_(copies, 1.0),
             "AdamW step (default, as trained)": adamw["default"].step,
             "AdamW step, foreach": adamw["foreach"].step,
             "AdamW step, fused": adamw["fused"].step,
@@ -95,7 +88,7 @@ def main() -> None:
         rounds = {name: [] for name in parts}
         for _ in range(args.rounds):
             for name, fn in parts.items():
-                rounds[name].append(median_ms(fn, args.steps))
+                rounds[name].append(median_ms(fn, args.steps, trainer.device))
         ms = {name: statistics.median(values) for name, values in rounds.items()}
 
     batch = config.train.global_batch_size
