@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -38,3 +39,14 @@ def check_launch(num_processes: int) -> None:
             "not told to use the CPU). On a CPU-only machine launch with "
             f"`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {launched} ...`."
         )
+
+
+def leave_process_group() -> None:
+    """Leave the launch's process group, if this process joined one (a no-op otherwise).
+
+    A process that exits still in a gloo group can abort while the group's threads shut down
+    ("terminate called without an active exception"), failing a launch whose work was done.
+    """
+    distributed = sys.modules.get("torch.distributed")  # never import torch just to find out
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()

@@ -12,7 +12,6 @@ import os
 import re
 import runpy
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from doc_commands import free_port
 from sdtgen.cli import main
 from sdtgen.cli.errors import one_line_errors
 from sdtgen.config import load_config
@@ -297,13 +297,6 @@ def test_cpu_processes_that_did_not_join_are_stopped(monkeypatch):
     with pytest.raises(ValueError, match=r"ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 3"):
         check_launch(1)
     check_launch(3)  # joined: fine
-
-
-def free_port() -> int:
-    """A free TCP port: a busy default port makes the processes wait for a rendezvous forever."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.slow

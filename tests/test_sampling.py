@@ -13,7 +13,7 @@ from diffusers.configuration_utils import FrozenDict
 from PIL import Image
 
 import test_training
-from doc_commands import two_cpu_processes
+from doc_commands import free_port, two_cpu_processes
 from sdtgen.class_names import display_names, resolve_class
 from sdtgen.cli import build_parser, main
 from sdtgen.cli.sample import SamplePlan, sample_images
@@ -374,6 +374,13 @@ def test_two_processes_write_the_images_of_one(ddpm_run, tmp_path):
         json.loads(two["settings.json"])["num_processes"] == 2
         and json.loads(single["settings.json"])["num_processes"] == 1
     )
+
+
+def test_a_finished_command_leaves_its_process_group(ddpm_run):
+    """A process that exits still in a gloo group can abort as the group's threads shut down (a failed launch)."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    assert main(["sample", "--ckpt", str(ddpm_run), "--list-classes"]) == 0
+    assert not torch.distributed.is_initialized()
 
 
 class GaussianFlow:

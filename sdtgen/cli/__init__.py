@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from sdtgen.cli.errors import one_line_errors
+from sdtgen.distributed import leave_process_group
 
 # The modules of the subcommands, in the order `sdtgen --help` lists them.
 COMMANDS = ("train", "sample", "export", "eval", "inspect", "convert", "extract_latents")
@@ -73,4 +74,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with _library_messages_to_stderr(args.parser.prog), one_line_errors(args.parser.prog):
         args.run(args)
+        leave_process_group()  # on success only: a failed process leaving could stall the others' collectives
     return 0
