@@ -99,10 +99,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "sdtgen train") -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     from sdtgen.config import load_config  # after parsing, so that --help imports no torch
+    from sdtgen.distributed import leave_process_group
     from sdtgen.training.trainer import train
 
     with one_line_errors(prog):
         train(load_config(args.config, args.overrides))
+        leave_process_group()  # a run found already finished returns without accelerate's end_training
     return 0
 
 
