@@ -393,11 +393,12 @@ def main() -> int:
             if getattr(args, key) is None:
                 setattr(args, key, getattr(study, key))
         out.mkdir(parents=True, exist_ok=True)
-        # Grids not asked for this time keep what an earlier invocation measured.
+        # Grids not asked for this time keep what an earlier invocation measured; --cost-only keeps every grid's.
+        remeasured = set() if args.cost_only else set(args.grids)
         results = {
             "study": study.name,
-            "runs": [r for r in previous.get("runs", []) if r["grid"] not in args.grids],
-            "grids": {k: v for k, v in previous.get("grids", {}).items() if k not in args.grids},
+            "runs": [r for r in previous.get("runs", []) if r["grid"] not in remeasured],
+            "grids": {k: v for k, v in previous.get("grids", {}).items() if k not in remeasured},
             "cost": previous.get("cost", {}),
         }
         for grid in args.grids:

@@ -289,6 +289,12 @@ def test_the_rope_study_end_to_end(tmp_path, tmp_path_factory):
     assert {path: path.stat().st_mtime_ns for path in logs} == logs and not list(out.glob("tokens64/*-seed0"))
     assert json.loads((out / "results.json").read_text()) == results
 
+    # Timing the steps again keeps every run and measurement of the grid; only its cost is new.
+    run("python scripts/ablation.py --cost-only --cost-repeats 1", cwd, env)
+    timed = json.loads((out / "results.json").read_text())
+    assert {k: v for k, v in timed.items() if k != "cost"} == {k: v for k, v in results.items() if k != "cost"}
+    assert timed["cost"]["64"]["step_ms"] != results["cost"]["64"]["step_ms"]
+
     report = run("python scripts/ablation.py --report-only --publish docs/ablation-rope", cwd, env).stdout
     assert "| sdt - sdt-norope | FID |" in report and "| sdt - fixed | FID |" in report  # the gaps at steps 1, 2
     assert "FID - sdt-norope" in report and "The evaluation's own spread" in report and "Content dependence" in report
