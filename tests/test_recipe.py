@@ -17,6 +17,7 @@ from sdtgen.models.attention import ATTENTION_VARIANTS
 from sdtgen.models.dit import Mlp, SwiGLU, make_norm
 from sdtgen.runs import LOG_FILE, read_log
 from sdtgen.training.representation import FrozenEncoder, dispersive_loss, load_encoder, repa_loss
+from sdtgen.training.trainer import learning_rate
 from test_training import assert_same_weights, final_weights, run
 
 # A stand-in for DINOv2: a torch.hub folder whose entry builds a small random conv encoder
@@ -140,6 +141,26 @@ def test_the_judge_cannot_teach_and_missing_encoders_say_what_to_do(hub_folder, 
     with pytest.raises(ValueError, match="needs train.repa_encoder"):
         load_config(None, ["train.repa_weight=0.5"])
     assert isinstance(load_encoder(f"{hub_folder}:tiny_encoder"), FrozenEncoder)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("imagenet256_*.yaml")))
+def test_the_imagenet_configs_train_with_dits_published_recipe(path):
+    # Peebles & Xie (2023), section 5: AdamW (0.9, 0.999) at a constant 1e-4, no warm-up or decay, batch 256,
+    # 400K steps, EMA 0.9999, DDPM with learned sigma, GELU, LayerNorm, sin-cos positions, guidance 1.5 everywhere.
+    config = load_config(path, [])
+    train, model = config.train, config.model
+    assert (train.lr, tuple(train.betas), train.weight_decay, train.global_batch_size) == (1e-4, (0.9, 0.999), 0.0, 256)
+    assert {learning_rate(config, step) for step in (0, 1, 200_000, 399_999)} == {1e-4}
+    assert (train.max_steps, train.ema_decay, train.ema_warmup, train.grad_clip) == (400_000, 0.9999, False, None)
+    assert (config.objective, model.mlp, model.norm, model.rope, model.qk_norm) == (
+        "ddpm",
+        "gelu",
+        "layernorm",
+        False,
+        False,
+    )
+    assert (config.sample.guidance_scale, tuple(config.sample.guidance_interval)) == (1.5, (0.0, 1.0))
+    assert model.preset.endswith("/2") and model.attention == path.stem.split("_")[1]
 
 
 @pytest.mark.parametrize("attention", ATTENTION_VARIANTS)

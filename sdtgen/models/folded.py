@@ -73,7 +73,7 @@ def fold_decay(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, grid: Grid) 
     batch, heads, tokens, head_dim = q.shape
     onehot, table = (t.to(lam.dtype) for t in distance_factors(grid[0], grid[1], q.device))
     token_constant = is_token_constant(lam)
-    # lam's rounding to q's dtype is the fold's only error: 2 ** -9 of M relative in bf16,
+    # lam's rounding to q's dtype is the fold's only error: 2 ** -8 of M relative in bf16,
     # the same as a bf16 attention mask (each bias term is one rounded rate times an integer).
     if token_constant:
         q_extra = (lam[..., :1, None] * onehot).expand(batch, heads, tokens, -1)
