@@ -306,6 +306,9 @@ NOT_RUN = {
     "the evaluation during training",
     "sdtgen eval --ckpt runs/lr3e-3-seed4 --seed 4 --guidance-scale 3": "needs that run; evaluation.md's planned evals "
     "cover the command",
+    "accelerate launch -q scripts/train_gen.py flow.direction_weight=0 seed=0 train.eval_every=2400 "
+    "output_dir=runs/nodir-seed0": "a training run of the main job's length, 15 to 18 minutes here; test_readme runs the "
+    "main job's command, test_recipe the direction loss and test_training the evaluation during training",
     "python scripts/ablation.py --study dit2023 --grids 256 --cost-only": "times five T/1 models' training steps, "
     "about 2 minutes here; "
     "the planned run times the T/2 steps with the same code",
